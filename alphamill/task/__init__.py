@@ -1,0 +1,1 @@
+"""Tasks: definitions, generators, the task pool and the workers that drain it."""

@@ -1,0 +1,39 @@
+"""Task-pool storage backends, selected by URL scheme.
+
+``sqlite:///path.db`` (default), ``postgresql://user@host:5432/db``, ``mongodb://host:27017/db``
+and ``memory://`` (in-process, for unit tests).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from urllib.parse import urlsplit
+
+from alphamill.config import redact_url
+from alphamill.errors import PoolError
+from alphamill.task.backends.base import Backend
+
+_SCHEMES = {
+    "memory": "alphamill.task.backends.memory:MemoryBackend",
+    "sqlite": "alphamill.task.backends.sqlite:SQLiteBackend",
+    "postgresql": "alphamill.task.backends.postgres:PostgresBackend",
+    "postgres": "alphamill.task.backends.postgres:PostgresBackend",
+    "mongodb": "alphamill.task.backends.mongo:MongoBackend",
+    "mongodb+srv": "alphamill.task.backends.mongo:MongoBackend",
+}
+
+
+def open_backend(url: str, **kwargs) -> Backend:
+    """Open the backend serving ``url`` (errors name the redacted URL)."""
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    target = _SCHEMES.get(scheme)
+    if target is None:
+        raise PoolError(
+            f"pool URL {redact_url(str(url))!r}: unsupported scheme {scheme!r}; expected one of "
+            "sqlite:///path.db, postgresql://..., mongodb://host:port/db, memory://"
+        )
+    module, cls = target.split(":")
+    return getattr(import_module(module), cls)(url, **kwargs)
+
+
+__all__ = ["Backend", "open_backend"]
