@@ -1,0 +1,420 @@
+"""Data handlers: raw features and labels plus the processors that turn them into model input.
+
+:class:`DataHandlerLP` keeps Qlib's three views of one panel:
+
+* ``raw``   - the data as loaded;
+* ``infer`` - the infer processors applied to ``raw`` (what a model predicts on);
+* ``learn`` - with ``process_type="append"`` (Qlib's PTYPE_A, the default) the learn processors
+  applied to ``infer``; with ``"independent"`` (PTYPE_I) applied to ``raw``.
+
+Processors are fitted once, in order, on the rows of ``[fit_start_time, fit_end_time]`` of the
+output of the previous processor, then applied to every row, exactly as Qlib's
+``DataHandlerLP.process_data(with_fit=True)`` does. Columns are a two-level index
+``(group, name)`` with groups ``"feature"`` and ``"label"``; rows are indexed
+``(datetime, instrument)`` and sorted by datetime.
+
+:class:`Alpha158` loads Qlib's Alpha158 features and label through the on-disk feature cache, so
+the rolling windows of one experiment and every rerun reuse one computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from alphamill.errors import ConfigError
+
+#: Qlib's default learn processors of the Alpha158 handler.
+DEFAULT_LEARN_PROCESSORS: list[dict[str, Any]] = [
+    {"class": "DropnaLabel"},
+    {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}},
+]
+
+PROCESSOR_MODULE = "alphamill.features.processors"
+HANDLER_PATH = "dataset.kwargs.handler.kwargs"
+
+
+def to_timestamp(value: Any, path: str) -> pd.Timestamp | None:
+    """Parse a date given in a config (str, date, Timestamp or None); errors name ``path``."""
+    if value is None:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"expected a date like '2015-01-01', got {value!r}", path) from None
+    if ts is pd.NaT:
+        raise ConfigError(f"expected a date like '2015-01-01', got {value!r}", path)
+    return ts
+
+
+def datetime_slice(df: pd.DataFrame, start: Any = None, end: Any = None) -> pd.DataFrame:
+    """Rows of ``df`` (sorted by its first index level) with start <= datetime <= end.
+
+    A positional slice, so with copy-on-write no data is copied.
+    """
+    if start is None and end is None:
+        return df
+    dates = df.index.get_level_values(0)
+    lo = 0 if start is None else dates.searchsorted(pd.Timestamp(start), side="left")
+    hi = len(df) if end is None else dates.searchsorted(pd.Timestamp(end), side="right")
+    return df.iloc[lo:hi]
+
+
+def fetch_df_by_col(df: pd.DataFrame, col_set: str | Sequence[str]) -> pd.DataFrame:
+    """Select column groups with Qlib's rules.
+
+    ``"__raw"`` keeps the two-level columns, ``"__all"`` drops the group level, one group name
+    returns that group with one-level columns, a list of groups keeps two levels.
+    """
+    if not isinstance(df.columns, pd.MultiIndex) or col_set == DataHandlerLP.CS_RAW:
+        return df
+    if col_set == DataHandlerLP.CS_ALL:
+        return df.droplevel(0, axis=1)
+    groups = list(df.columns.get_level_values(0).unique())
+    wanted = [col_set] if isinstance(col_set, str) else list(col_set)
+    unknown = [g for g in wanted if g not in groups]
+    if unknown:
+        raise ConfigError(
+            f"unknown column group {unknown[0]!r}; expected one of {groups} or '__all'", "col_set"
+        )
+    if isinstance(col_set, str):
+        return df.loc[:, col_set]
+    return df.loc[:, wanted]
+
+
+class DataHandler:
+    """Marker base class (Qlib's ``DataHandler``) accepted where a handler is expected."""
+
+
+class DataHandlerLP(DataHandler):
+    """A panel with infer/learn processing (Qlib's ``DataHandlerLP``).
+
+    ``data`` is a DataFrame indexed ``(datetime, instrument)`` with columns ``(group, name)``.
+    Processors are instances or ``{"class", "module_path", "kwargs"}`` configs (default module
+    ``alphamill.features.processors``).
+    """
+
+    DK_R = "raw"
+    DK_I = "infer"
+    DK_L = "learn"
+    CS_ALL = "__all"
+    CS_RAW = "__raw"
+    PTYPE_A = "append"
+    PTYPE_I = "independent"
+
+    def __init__(
+        self,
+        data: pd.DataFrame | None = None,
+        start_time: Any = None,
+        end_time: Any = None,
+        fit_start_time: Any = None,
+        fit_end_time: Any = None,
+        infer_processors: Sequence[Any] = (),
+        learn_processors: Sequence[Any] = (),
+        process_type: str = PTYPE_A,
+        path: str = HANDLER_PATH,
+    ):
+        self.path = path
+        self.start_time = to_timestamp(start_time, f"{path}.start_time")
+        self.end_time = to_timestamp(end_time, f"{path}.end_time")
+        self.fit_start_time = to_timestamp(fit_start_time, f"{path}.fit_start_time")
+        self.fit_end_time = to_timestamp(fit_end_time, f"{path}.fit_end_time")
+        for a, b, name in (
+            (self.start_time, self.end_time, "end_time"),
+            (self.fit_start_time, self.fit_end_time, "fit_end_time"),
+        ):
+            if a is not None and b is not None and a > b:
+                raise ConfigError(f"{b.date()} is before the start {a.date()}", f"{path}.{name}")
+        if process_type not in (self.PTYPE_A, self.PTYPE_I):
+            raise ConfigError(
+                f"expected 'append' or 'independent', got {process_type!r}", f"{path}.process_type"
+            )
+        self.process_type = process_type
+        self.infer_processors = self._build_processors(infer_processors, "infer_processors")
+        self.learn_processors = self._build_processors(learn_processors, "learn_processors")
+        for i, proc in enumerate(self.infer_processors):
+            if hasattr(proc, "is_for_infer") and not proc.is_for_infer():
+                raise ConfigError(
+                    f"{type(proc).__name__} drops or changes rows, so it cannot be used for "
+                    "inference; move it to learn_processors",
+                    f"{path}.infer_processors.{i}",
+                )
+        self._data: pd.DataFrame | None = None
+        self._infer: pd.DataFrame | None = None
+        self._learn: pd.DataFrame | None = None
+        if data is not None:
+            self.setup_data(data)
+
+    # -- building -------------------------------------------------------------------------
+    def _build_processors(self, procs: Sequence[Any] | None, field: str) -> list[Any]:
+        if procs is None:
+            return []
+        if isinstance(procs, (dict, str)) or not isinstance(procs, Sequence):
+            raise ConfigError("expected a list of processors", f"{self.path}.{field}")
+        out = []
+        for i, proc in enumerate(procs):
+            where = f"{self.path}.{field}.{i}"
+            if isinstance(proc, (dict, str)):
+                proc = self._processor_from_config(proc, where)
+            if not callable(proc) or not hasattr(proc, "fit"):
+                raise ConfigError(
+                    f"expected a processor (with fit(df) and __call__(df)), got {type(proc).__name__}",
+                    where,
+                )
+            out.append(proc)
+        return out
+
+    def _processor_from_config(self, config: dict | str, where: str) -> Any:
+        """Instantiate one processor, offering it the fit window (Qlib's check_transform_proc)."""
+        from alphamill.instance import init_instance_by_config
+
+        if isinstance(config, str):
+            config = {"class": config}
+        window = {
+            name: None if value is None else str(value.date())
+            for name, value in (
+                ("fit_start_time", self.fit_start_time),
+                ("fit_end_time", self.fit_end_time),
+            )
+        }
+        return init_instance_by_config(
+            config, default_module=PROCESSOR_MODULE, try_kwargs=window, path=where
+        )
+
+    def setup_data(self, data: pd.DataFrame) -> None:
+        """Install raw data (trimmed to [start_time, end_time]), then fit and apply processors."""
+        if not isinstance(data.index, pd.MultiIndex) or data.index.nlevels != 2:
+            raise ConfigError("handler data must be indexed by (datetime, instrument)", self.path)
+        if not isinstance(data.columns, pd.MultiIndex):
+            raise ConfigError("handler data must have two-level (group, name) columns", self.path)
+        if not data.index.is_monotonic_increasing:
+            data = data.sort_index()
+        self._data = datetime_slice(data, self.start_time, self.end_time)
+        self.process_data(with_fit=True)
+
+    def _fit_view(self, df: pd.DataFrame) -> pd.DataFrame:
+        return datetime_slice(df, self.fit_start_time, self.fit_end_time)
+
+    def process_data(self, with_fit: bool = False) -> None:
+        """Compute the infer and learn views (Qlib's semantics, see the module docstring)."""
+        if self._data is None:
+            raise RuntimeError("no data loaded")
+        infer = self._data
+        for proc in self.infer_processors:
+            if with_fit:
+                proc.fit(self._fit_view(infer))
+            infer = proc(infer)
+        self._infer = infer
+        learn = infer if self.process_type == self.PTYPE_A else self._data
+        for proc in self.learn_processors:
+            if with_fit:
+                proc.fit(self._fit_view(learn))
+            learn = proc(learn)
+        self._learn = learn
+
+    # -- access -----------------------------------------------------------------------------
+    def _get_df(self, data_key: str) -> pd.DataFrame:
+        frames = {self.DK_R: self._data, self.DK_I: self._infer, self.DK_L: self._learn}
+        if data_key not in frames:
+            raise ConfigError(
+                f"unknown data_key {data_key!r}; expected 'raw', 'infer' or 'learn'", "data_key"
+            )
+        df = frames[data_key]
+        if df is None:
+            raise RuntimeError("no data loaded")
+        return df
+
+    def fetch(
+        self,
+        selector: Any = slice(None, None),
+        level: str | int = "datetime",
+        col_set: str | Sequence[str] = CS_ALL,
+        data_key: str = DK_I,
+        squeeze: bool = False,
+    ) -> pd.DataFrame | pd.Series:
+        """Rows selected on the datetime level (a slice of dates or one date), columns by group."""
+        if level not in ("datetime", 0):
+            raise ConfigError("only the datetime level can be selected", "level")
+        df = self._get_df(data_key)
+        if isinstance(selector, slice):
+            df = datetime_slice(df, selector.start, selector.stop)
+        elif isinstance(selector, (tuple, list)) and len(selector) == 2:
+            df = datetime_slice(df, selector[0], selector[1])
+        else:
+            ts = pd.Timestamp(selector)
+            df = datetime_slice(df, ts, ts)
+        df = fetch_df_by_col(df, col_set)
+        if squeeze and df.shape[1] == 1:
+            return df.iloc[:, 0]
+        return df
+
+    def get_cols(self, col_set: str | Sequence[str] = CS_ALL, data_key: str = DK_I) -> list:
+        return list(fetch_df_by_col(self._get_df(data_key).iloc[:0], col_set).columns)
+
+    def processor_state(self) -> dict[str, list[dict[str, Any]]]:
+        """The fitted processors as JSON-compatible dicts (class name plus ``to_state()``)."""
+
+        def state(proc: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "class": type(proc).__name__,
+                "module_path": type(proc).__module__,
+            }
+            if hasattr(proc, "to_state"):
+                out["state"] = proc.to_state()
+            return out
+
+        return {
+            "infer": [state(p) for p in self.infer_processors],
+            "learn": [state(p) for p in self.learn_processors],
+        }
+
+    def calendar_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """First and last date of the raw data (``None`` when empty)."""
+        df = self._get_df(self.DK_R)
+        if df.empty:
+            return None
+        dates = df.index.get_level_values(0)
+        return dates[0], dates[-1]
+
+
+class Alpha158(DataHandlerLP):
+    """Qlib's ``Alpha158`` handler: 158 price/volume features and the 2-day forward return label.
+
+    Accepts Qlib's kwargs. ``label`` is Qlib's ``(exprs, names)`` pair; ``data`` is a data
+    source spec (a folder of CSV/Parquet files or a Qlib data directory; ``None`` = the
+    configured data, the demo market by default); ``cache_dir`` overrides the feature cache.
+    """
+
+    def __init__(
+        self,
+        instruments: Any = "all",
+        start_time: Any = None,
+        end_time: Any = None,
+        fit_start_time: Any = None,
+        fit_end_time: Any = None,
+        infer_processors: Sequence[Any] = (),
+        learn_processors: Sequence[Any] | None = None,
+        label: Any = None,
+        data: Any = None,
+        cache_dir: Any = None,
+        process_type: str = DataHandlerLP.PTYPE_A,
+        freq: str = "day",
+        filter_pipe: Any = None,
+        inst_processors: Any = None,
+        drop_raw: bool = False,
+        path: str = HANDLER_PATH,
+        **kwargs: Any,
+    ):
+        if kwargs:
+            name = sorted(kwargs)[0]
+            raise ConfigError(
+                "unknown Alpha158 argument; expected one of instruments, start_time, end_time, "
+                "fit_start_time, fit_end_time, infer_processors, learn_processors, label, data, "
+                "cache_dir, process_type",
+                f"{path}.{name}",
+            )
+        if freq != "day":
+            raise ConfigError(f"only daily data is supported, got {freq!r}", f"{path}.freq")
+        for name, value in (("filter_pipe", filter_pipe), ("inst_processors", inst_processors)):
+            if value:
+                raise ConfigError(
+                    "not supported; select instruments with `instruments` (a list or a Qlib "
+                    "instruments file)",
+                    f"{path}.{name}",
+                )
+        if learn_processors is None:
+            learn_processors = [dict(p) for p in DEFAULT_LEARN_PROCESSORS]
+        super().__init__(
+            None,
+            start_time=start_time,
+            end_time=end_time,
+            fit_start_time=fit_start_time,
+            fit_end_time=fit_end_time,
+            infer_processors=infer_processors,
+            learn_processors=learn_processors,
+            process_type=process_type,
+            path=path,
+        )
+        self.instruments = instruments
+        self.label = label
+        self.data_spec = data
+        self.cache_dir = cache_dir
+        self.source = self._open_source(data)
+        self.setup_data(self._load())
+
+    def _open_source(self, spec: Any) -> Any:
+        from alphamill.data import open_data
+
+        return open_data(spec)
+
+    def _load(self) -> pd.DataFrame:
+        from alphamill.features.cache import load_features
+
+        flat = load_features(
+            self.source,
+            instruments=self.instruments,
+            start=None if self.start_time is None else str(self.start_time.date()),
+            end=None if self.end_time is None else str(self.end_time.date()),
+            label=self.label,
+            cache_dir=self.cache_dir,
+        )
+        return to_two_level(flat, label_names=label_names(self.label))
+
+    def calendar_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """The data source's full calendar range (segments are checked against it)."""
+        cal = self.source.calendar()
+        if len(cal) == 0:
+            return None
+        return pd.Timestamp(cal[0]), pd.Timestamp(cal[-1])
+
+    def fingerprint(self) -> str:
+        """The data source's fingerprint (logged with every run)."""
+        return str(self.source.fingerprint())
+
+
+def label_names(label: Any) -> list[str]:
+    """Column names of the label group for Qlib's ``(exprs, names)`` label config."""
+    if label is None:
+        return ["LABEL0"]
+    if isinstance(label, (list, tuple)) and len(label) == 2 and isinstance(label[1], (list, tuple)):
+        return [str(n) for n in label[1]]
+    if isinstance(label, str):
+        return ["LABEL0"]
+    if isinstance(label, (list, tuple)) and all(isinstance(x, str) for x in label):
+        return [f"LABEL{i}" for i in range(len(label))]
+    raise ConfigError(
+        "expected Qlib's label form ([expressions], [names]), e.g. "
+        "[['Ref($close, -2)/Ref($close, -1) - 1'], ['LABEL0']]",
+        f"{HANDLER_PATH}.label",
+    )
+
+
+def to_two_level(flat: pd.DataFrame, label_names: Sequence[str] = ("LABEL0",)) -> pd.DataFrame:
+    """Turn a flat feature+label frame into ``(group, name)`` columns, features first."""
+    if isinstance(flat.columns, pd.MultiIndex):
+        return flat
+    labels = [c for c in flat.columns if c in set(label_names)]
+    feats = [c for c in flat.columns if c not in set(labels)]
+    cols = pd.MultiIndex.from_tuples(
+        [("feature", c) for c in feats] + [("label", c) for c in labels]
+    )
+    out = flat[feats + labels]
+    out.columns = cols
+    return out
+
+
+__all__ = [
+    "DEFAULT_LEARN_PROCESSORS",
+    "Alpha158",
+    "DataHandler",
+    "DataHandlerLP",
+    "datetime_slice",
+    "fetch_df_by_col",
+    "label_names",
+    "to_two_level",
+    "to_timestamp",
+]
