@@ -112,10 +112,17 @@ def normalize_ids(ids: Sequence[Any]) -> list[str]:
 # -- JSON ----------------------------------------------------------------------------------------
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def to_json(value: Any, where: str) -> str:
     """Encode plain data as compact JSON; NaN/Infinity and non-JSON types are refused."""
+    if value is None:
+        return "null"
+    if value == {} and isinstance(value, dict):
+        return "{}"
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise PoolError(f"{where}: value is not JSON-compatible ({exc})") from exc
 
