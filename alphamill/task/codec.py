@@ -1,0 +1,141 @@
+"""Payload codecs of a task pool: how definitions and results are stored.
+
+``json`` (the default) stores canonical JSON only, so anyone with write access to the pool
+can at worst store bad data, never run code on the workers. ``pickle`` exists for Qlib
+compatibility (results such as fitted models); it must be chosen when the pool is created and
+every pickled payload is signed with an HMAC key taken from ``ALPHAMILL_PICKLE_KEY``. The key
+never lives in the database, so a payload written by someone without the key is refused
+before it is unpickled.
+
+In a pickle pool, values that are JSON-compatible are still stored as plain JSON (they stay
+queryable with ``def.`` paths); only the rest becomes a signed envelope
+``{"__pickle__": <base64>, "hmac": <hex sha256>}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import pickle
+from typing import Any
+
+from alphamill.errors import CanonicalError, ConfigError, PoolError
+
+PICKLE_KEY_ENV = "ALPHAMILL_PICKLE_KEY"
+CODECS: tuple[str, ...] = ("json", "pickle")
+_ENVELOPE = "__pickle__"
+
+
+class PayloadError(PoolError):
+    """A stored payload cannot be decoded safely (unsigned, tampered, wrong codec)."""
+
+
+def check_codec(name: str | None, field: str = "codec") -> str | None:
+    """Return ``name`` if it is a known codec (or ``None``), else raise naming the field."""
+    if name is not None and name not in CODECS:
+        raise ConfigError(f"unknown codec {name!r}; expected one of {', '.join(CODECS)}", field)
+    return name
+
+
+def pickle_key(pool: str) -> bytes:
+    """The HMAC key of pickle pools, from the environment only."""
+    key = os.environ.get(PICKLE_KEY_ENV, "")
+    if not key:
+        raise PoolError(
+            f"task_pool {pool!r}: the pickle codec needs an HMAC key in the environment variable "
+            f"{PICKLE_KEY_ENV} (the key is never stored in the database)"
+        )
+    return key.encode()
+
+
+def _canonicalize(obj: Any, path: str) -> Any:
+    from alphamill.canonical import canonicalize
+
+    return canonicalize(obj, path=path)
+
+
+class Codec:
+    """Encode/decode definitions and results of one pool."""
+
+    def __init__(self, name: str, pool: str):
+        self.name = check_codec(name) or "json"
+        self.pool = pool
+        self._key: bytes | None = None
+        if self.name == "pickle":
+            self._key = pickle_key(pool)
+
+    def __repr__(self) -> str:
+        return f"Codec({self.name!r}, pool={self.pool!r})"
+
+    # -- hashing -------------------------------------------------------------------------------
+    def task_hash(self, definition: Any) -> str:
+        """Content hash used for dedupe: the canonical hash, or the pickle's in pickle pools."""
+        from alphamill.canonical import task_hash
+
+        if self.name == "json":
+            return task_hash(definition)
+        try:
+            return task_hash(definition)
+        except CanonicalError:
+            return "pickle:" + hashlib.sha256(pickle.dumps(definition, protocol=4)).hexdigest()
+
+    # -- encoding ------------------------------------------------------------------------------
+    def encode_definition(self, definition: Any, where: str = "task") -> Any:
+        """The stored form of a task definition (canonical JSON or a signed envelope)."""
+        return self._encode(definition, where)
+
+    def encode_result(self, result: Any, task_id: str) -> Any:
+        """The stored form of a task's result; a non-JSON result is a clear error in JSON pools."""
+        return self._encode(result, f"result of task {task_id}")
+
+    def _encode(self, obj: Any, where: str) -> Any:
+        try:
+            value = _canonicalize(obj, where)
+        except CanonicalError as e:
+            if self.name != "pickle":
+                raise CanonicalError(
+                    f"{e} (a {type(obj).__name__} is not JSON-compatible; the pool "
+                    f"{self.pool!r} uses the json codec: return plain data such as dicts, "
+                    "lists, numbers and strings, or create the pool with codec='pickle')"
+                ) from None
+            return self._seal(obj)
+        if isinstance(value, dict) and _ENVELOPE in value:
+            raise CanonicalError(f"the key {_ENVELOPE!r} is reserved for signed payloads", where)
+        return value
+
+    def _seal(self, obj: Any) -> dict[str, str]:
+        assert self._key is not None
+        raw = pickle.dumps(obj, protocol=4)
+        mac = hmac.new(self._key, raw, hashlib.sha256).hexdigest()
+        return {_ENVELOPE: base64.b64encode(raw).decode("ascii"), "hmac": mac}
+
+    # -- decoding ------------------------------------------------------------------------------
+    def decode(self, stored: Any, where: str = "payload") -> Any:
+        """The Python value of a stored payload; unsigned or tampered pickles are refused."""
+        if not (isinstance(stored, dict) and _ENVELOPE in stored):
+            return stored
+        if self.name != "pickle":
+            raise PayloadError(
+                f"{where} in pool {self.pool!r}: found a pickled payload but the pool uses the "
+                "json codec; refusing to unpickle it"
+            )
+        assert self._key is not None
+        mac = stored.get("hmac")
+        blob = stored.get(_ENVELOPE)
+        if not isinstance(mac, str) or not isinstance(blob, str):
+            raise PayloadError(f"{where} in pool {self.pool!r}: unsigned pickled payload refused")
+        try:
+            raw = base64.b64decode(blob.encode("ascii"), validate=True)
+        except (ValueError, UnicodeEncodeError):
+            raise PayloadError(
+                f"{where} in pool {self.pool!r}: corrupt pickled payload refused"
+            ) from None
+        expected = hmac.new(self._key, raw, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, mac):
+            raise PayloadError(
+                f"{where} in pool {self.pool!r}: pickled payload signature does not match "
+                f"(tampered, or written with another {PICKLE_KEY_ENV}); refused"
+            )
+        return pickle.loads(raw)  # noqa: S301 - signed with a key that never leaves the environment

@@ -1,0 +1,78 @@
+"""Task functions used by the TaskManager and worker tests (importable as module:function)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def noop(task_def, **kwargs):
+    """Return the task's number: the cheapest possible task."""
+    return {"n": task_def.get("n")}
+
+
+def ledger(task_def, **kwargs):
+    """Append ``n pid start end`` to the ledger file named in the environment, return pid."""
+    start = time.time()
+    sleep = task_def.get("sleep", 0)
+    if sleep:
+        time.sleep(sleep)
+    end = time.time()
+    path = os.environ["AM_TEST_LEDGER"]
+    line = f"{task_def.get('n')} {os.getpid()} {start:.6f} {end:.6f}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    return {"n": task_def.get("n"), "pid": os.getpid()}
+
+
+def mark_start_then_sleep(task_def, **kwargs):
+    """Write ``start n pid`` to the ledger, then sleep (a task to be killed mid-way)."""
+    path = os.environ["AM_TEST_LEDGER"]
+    with open(path, "a") as f:
+        f.write(f"start {task_def.get('n')} {os.getpid()}\n")
+    time.sleep(task_def.get("sleep", 1.0))
+    with open(path, "a") as f:
+        f.write(f"end {task_def.get('n')} {os.getpid()}\n")
+    return {"n": task_def.get("n"), "pid": os.getpid()}
+
+
+def fail_if_asked(task_def, **kwargs):
+    """Raise for tasks marked ``fail``; succeed otherwise."""
+    if task_def.get("fail"):
+        raise ValueError(f"task {task_def.get('n')} always fails")
+    return {"n": task_def.get("n")}
+
+
+def pid(task_def, **kwargs):
+    """Return the pid that ran the task (to check force_release uses a child)."""
+    return {"pid": os.getpid(), "kw": kwargs}
+
+
+def second_stage(prev, **kwargs):
+    """Second stage of two-stage training: receives the stored part_done result."""
+    return {"stage": 2, "prev": prev}
+
+
+def first_stage(task_def, **kwargs):
+    return {"stage": 1, "n": task_def.get("n")}
+
+
+class Opaque:
+    """Not JSON-compatible: a json pool refuses it as a result."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __eq__(self, other):
+        return isinstance(other, Opaque) and other.x == self.x
+
+
+def opaque(task_def, **kwargs):
+    return Opaque(task_def.get("n"))
+
+
+def interrupt(task_def, **kwargs):
+    raise KeyboardInterrupt
