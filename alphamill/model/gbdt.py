@@ -1,0 +1,237 @@
+"""LightGBM with Qlib's ``LGBModel`` kwargs and behaviour (early stopping on ``valid``)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from alphamill.errors import ConfigError
+from alphamill.model.base import (
+    MODEL_PATH,
+    Model,
+    check_kwarg,
+    prediction_series,
+    split_xy,
+    training_frames,
+)
+
+LOSSES = ("mse", "binary")
+#: Worker processes set this to split the machine's cores between them.
+THREADS_ENV = "ALPHAMILL_NUM_THREADS"
+
+
+def _lgb_param_names() -> dict[str, str]:
+    """Every LightGBM parameter name and alias -> its canonical name."""
+    from lightgbm.basic import _ConfigAliases
+
+    out: dict[str, str] = {}
+    for canonical, aliases in _ConfigAliases._get_all_param_aliases().items():
+        out[canonical] = canonical
+        for a in aliases:
+            out[a] = canonical
+    return out
+
+
+def _check_lgb_params(params: dict[str, Any]) -> None:
+    """Unknown names and values LightGBM rejects become ConfigErrors naming the kwarg."""
+    known = _lgb_param_names()
+    for name in params:
+        if name not in known:
+            hint = difflib.get_close_matches(name, list(known), n=1)
+            more = f"; did you mean {known[hint[0]]!r}?" if hint else ""
+            raise ConfigError(f"unknown LightGBM parameter{more}", f"{MODEL_PATH}.{name}")
+    x = np.arange(20, dtype="float64").reshape(10, 2)
+    y = np.arange(10, dtype="float64") % 2
+
+    def rejected(p: dict[str, Any]) -> str | None:
+        try:
+            ds = lgb.Dataset(x, label=y, params={"verbosity": -1}, free_raw_data=False)
+            lgb.Booster(params={**p, "verbosity": -1}, train_set=ds)
+        except (lgb.basic.LightGBMError, ValueError, TypeError) as e:
+            return str(e)
+        return None
+
+    if rejected(params) is None:
+        return
+    for name, value in params.items():
+        if name in ("objective", "verbosity"):
+            continue
+        msg = rejected({"objective": params.get("objective", "regression"), name: value})
+        if msg is not None:
+            raise ConfigError(f"LightGBM rejects {value!r}: {msg}", f"{MODEL_PATH}.{name}")
+    raise ConfigError(f"LightGBM rejects these parameters: {rejected(params)}", MODEL_PATH)
+
+
+def _safe_feature_names(names: list[Any]) -> list[str]:
+    """LightGBM refuses some characters in feature names; keep a readable equivalent."""
+    return [re.sub(r"[^0-9A-Za-z_]", "_", str(n)) for n in names]
+
+
+class LGBModel(Model):
+    """Gradient-boosted trees (Qlib's ``qlib.contrib.model.gbdt.LGBModel``).
+
+    ``loss`` is ``"mse"`` or ``"binary"`` (labels become ``label > 0``); any other kwarg is a
+    LightGBM parameter (``learning_rate``, ``num_leaves``, ``colsample_bytree``, ...). Training
+    stops early after ``early_stopping_rounds`` rounds without improvement on ``valid`` when the
+    dataset has that segment. ``num_threads`` defaults to ``$ALPHAMILL_NUM_THREADS`` if set, else
+    LightGBM's own default (all cores). ``fit_seconds`` is the time spent inside
+    ``lightgbm.train``.
+    """
+
+    format = "lightgbm-text"
+
+    def __init__(
+        self,
+        loss: str = "mse",
+        early_stopping_rounds: int = 50,
+        num_boost_round: int = 1000,
+        num_threads: int | None = None,
+        **lgb_params: Any,
+    ):
+        super().__init__()
+        check_kwarg(loss in LOSSES, "loss", f"one of {', '.join(LOSSES)}", loss)
+        for name, value in (
+            ("early_stopping_rounds", early_stopping_rounds),
+            ("num_boost_round", num_boost_round),
+        ):
+            check_kwarg(
+                isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0,
+                name,
+                "a positive integer",
+                value,
+            )
+        if num_threads is not None:
+            check_kwarg(
+                isinstance(num_threads, int) and not isinstance(num_threads, bool) and num_threads >= 0,
+                "num_threads",
+                "a non-negative integer (0 = all cores)",
+                num_threads,
+            )
+        self.loss = loss
+        self.early_stopping_rounds = int(early_stopping_rounds)
+        self.num_boost_round = int(num_boost_round)
+        self.num_threads = num_threads
+        self.lgb_params = dict(lgb_params)
+        self.params: dict[str, Any] = {"objective": loss, "verbosity": -1, **self.lgb_params}
+        _check_lgb_params(self.params)
+        self.model: lgb.Booster | None = None
+        self.best_iteration: int | None = None
+        self.evals_result: dict[str, Any] = {}
+
+    def config_kwargs(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss,
+            "early_stopping_rounds": self.early_stopping_rounds,
+            "num_boost_round": self.num_boost_round,
+            "num_threads": self.num_threads,
+            **self.lgb_params,
+        }
+
+    def _threads(self) -> dict[str, Any]:
+        n = self.num_threads
+        if n is None and os.environ.get(THREADS_ENV):
+            n = int(os.environ[THREADS_ENV])
+        return {} if n is None else {"num_threads": n}
+
+    def _lgb_dataset(self, df: pd.DataFrame, reference: lgb.Dataset | None = None) -> lgb.Dataset:
+        x, y = split_xy(df)
+        if self.loss == "binary":
+            y = (y > 0).astype("float64")
+        return lgb.Dataset(
+            x.to_numpy(),
+            label=y,
+            feature_name=_safe_feature_names(list(x.columns)),
+            reference=reference,
+            params={"verbosity": -1},
+            free_raw_data=True,
+        )
+
+    def fit(
+        self,
+        dataset: Any,
+        num_boost_round: int | None = None,
+        early_stopping_rounds: int | None = None,
+        verbose_eval: int = 0,
+        evals_result: dict | None = None,
+        reweighter: Any = None,
+    ) -> LGBModel:
+        if reweighter is not None:
+            raise ConfigError("sample reweighting is not supported", "task.reweighter")
+        train_df, valid_df = training_frames(dataset)
+        self.feature_names = [str(c) for c in train_df["feature"].columns]
+        dtrain = self._lgb_dataset(train_df)
+        valid_sets, valid_names = [], []
+        if valid_df is not None and not valid_df.empty:
+            valid_sets.append(self._lgb_dataset(valid_df, reference=dtrain))
+            valid_names.append("valid")
+        del train_df, valid_df
+        result: dict[str, Any] = {}
+        callbacks = [lgb.record_evaluation(result)]
+        if valid_sets:
+            callbacks.append(
+                lgb.early_stopping(
+                    early_stopping_rounds or self.early_stopping_rounds, verbose=False
+                )
+            )
+        if verbose_eval:
+            callbacks.append(lgb.log_evaluation(period=verbose_eval))
+        t0 = time.perf_counter()
+        self.model = lgb.train(
+            {**self.params, **self._threads()},
+            dtrain,
+            num_boost_round=num_boost_round or self.num_boost_round,
+            valid_sets=valid_sets,
+            valid_names=valid_names,
+            callbacks=callbacks,
+        )
+        self.fit_seconds = time.perf_counter() - t0
+        self.best_iteration = int(self.model.best_iteration or self.model.current_iteration())
+        self.evals_result = result
+        if evals_result is not None:
+            evals_result.update(result)
+        self.fitted = True
+        return self
+
+    def predict(self, dataset: Any, segment: str | slice = "test") -> pd.Series:
+        if self.model is None:
+            raise ConfigError("LGBModel is not fitted; call fit(dataset) first")
+        x = dataset.prepare(segment, col_set="feature", data_key="infer")
+        values = self.model.predict(x.to_numpy(), **self._threads())
+        return prediction_series(values, x.index)
+
+    def feature_importance(self, importance_type: str = "split") -> pd.Series:
+        if self.model is None:
+            raise ConfigError("LGBModel is not fitted; call fit(dataset) first")
+        return pd.Series(
+            self.model.feature_importance(importance_type=importance_type),
+            index=self.feature_names or self.model.feature_name(),
+        )
+
+    # -- persistence ------------------------------------------------------------------------
+    def _library_versions(self) -> dict[str, str]:
+        return {**super()._library_versions(), "lightgbm": lgb.__version__}
+
+    def _extra_metadata(self) -> dict[str, Any]:
+        return {"best_iteration": self.best_iteration, "model_file": "model.txt"}
+
+    def _save_payload(self, path: Path) -> None:
+        assert self.model is not None
+        tmp = path / ".model.txt.tmp"
+        self.model.save_model(str(tmp))
+        os.replace(tmp, path / "model.txt")
+
+    def _load_payload(self, path: Path, meta: dict[str, Any]) -> None:
+        file = path / meta.get("model_file", "model.txt")
+        try:
+            self.model = lgb.Booster(model_file=str(file))
+        except lgb.basic.LightGBMError as e:
+            raise ConfigError(f"cannot read LightGBM model: {e}", str(file)) from None
+        self.best_iteration = meta.get("best_iteration")
