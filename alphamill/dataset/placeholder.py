@@ -6,8 +6,9 @@ Two kinds, as in Qlib:
   (dict keys, or list indices written as integers), e.g.
   ``fit_end_time: "<dataset.kwargs.segments.train.1>"``;
 * a string equal to a key of ``config_dict`` (``"<MODEL>"``, ``"<DATASET>"``) is replaced by
-  the object given for it. Those two are left in place when no object is given for them, so
-  a task can be resolved before its model and dataset exist.
+  the object given for it. A one-word placeholder that is neither given nor a top-level key
+  of the task (``"<MODEL>"``, ``"<DATASET>"``, a record's ``"<PRED>"``) is left in place, so a
+  task can be resolved before the objects it refers to exist.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from alphamill.errors import ConfigError
 
 #: Placeholders that stand for objects built while a task runs.
-OBJECT_PLACEHOLDERS = ("<MODEL>", "<DATASET>")
+OBJECT_PLACEHOLDERS = ("<MODEL>", "<DATASET>", "<PRED>")
 
 _PLACEHOLDER_RE = re.compile(r"^<([A-Za-z_][\w]*(?:\.[\w-]+)*)>$")
 
@@ -58,9 +59,12 @@ def fill_placeholder(config: Any, config_dict: Mapping[str, Any] | None = None) 
         m = _PLACEHOLDER_RE.match(value)
         if not m:
             return value
+        name = m.group(1)
+        if "." not in name and not (isinstance(config, Mapping) and name in config):
+            return value
         if value in seen:
             raise ConfigError(f"placeholder cycle {' -> '.join((*seen, value))}", where)
-        target = get_item_from_obj(config, m.group(1), where)
+        target = get_item_from_obj(config, name, where)
         return walk(target, where, (*seen, value))
 
     def walk(value: Any, where: str, seen: tuple[str, ...] = ()) -> Any:

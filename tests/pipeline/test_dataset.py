@@ -185,6 +185,8 @@ def test_fill_placeholder_paths_and_objects():
         },
         "record": [{"class": "SignalRecord", "kwargs": {"model": "<MODEL>", "dataset": "<DATASET>"}}],
         "note": "a <b> c",
+        "signal": "<PRED>",
+        "whole": "<note>",
     }
     out = fill_placeholder(task)
     hk = out["dataset"]["kwargs"]["handler"]["kwargs"]
@@ -195,7 +197,8 @@ def test_fill_placeholder_paths_and_objects():
     out2 = fill_placeholder(out, {"<MODEL>": model, "<DATASET>": ds})
     assert out2["record"][0]["kwargs"]["model"] is model
     assert out2["record"][0]["kwargs"]["dataset"] is ds
-    assert out2["note"] == "a <b> c"
+    assert out2["note"] == "a <b> c" and out2["whole"] == "a <b> c"
+    assert out2["signal"] == "<PRED>"  # filled later by the record that owns it
 
 
 def test_fill_placeholder_errors():

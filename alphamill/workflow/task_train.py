@@ -1,0 +1,226 @@
+"""Train one task and record it (Qlib's ``qlib.model.trainer.task_train`` and its two stages).
+
+``task_train(task, experiment_name)`` resolves the task's placeholders, builds its model and
+dataset, opens a recorder, logs the task (artifact ``task.json``; flattened as params), its
+content hash, the data fingerprint, package versions and host (tags), fits the model, saves it
+(artifact folder ``model/``: the model's own format plus ``model.json``) and runs the task's
+records (``SignalRecord``, ``SigAnaRecord``, ``PortAnaRecord``, ...).
+
+``begin_task_train`` / ``end_task_train`` split that for delayed training, as in Qlib: stage one
+only records the task (the run is tagged ``alphamill.stage=part_done``), stage two - possibly in
+another process or on another machine - loads the task back from the store, then fits and
+records. Both return the :class:`Recorder`; ``recorder_ref(rec)`` is its JSON form for pool
+results.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import socket
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alphamill.dataset import Dataset, fill_placeholder
+from alphamill.errors import ConfigError
+from alphamill.model.base import Model
+
+TASK_ARTIFACT = "task.json"
+MODEL_ARTIFACT = "model"
+STAGE_TAG = "alphamill.stage"
+#: Packages whose versions are logged with every run.
+VERSIONED_PACKAGES = ("alphamill", "numpy", "pandas", "pyarrow", "lightgbm", "scikit-learn", "mlflow")
+_MAX_PARAM_LEN = 500
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def flatten_dict(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Qlib's ``flatten_dict`` for params: ``{"model.kwargs.lr": "0.1", "record.0.class": ...}``."""
+    out: dict[str, str] = {}
+    if isinstance(obj, Mapping):
+        items = [(str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in obj):
+        items = [(str(i), v) for i, v in enumerate(obj)]
+    else:
+        text = obj if isinstance(obj, str) else json.dumps(obj, default=str)
+        return {prefix: text[:_MAX_PARAM_LEN]}
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(flatten_dict(v, key))
+    return out
+
+
+def _check_task(task_config: Any) -> dict[str, Any]:
+    if not isinstance(task_config, Mapping):
+        raise ConfigError(f"expected a task dict, got {type(task_config).__name__}", "task")
+    for key in ("model", "dataset"):
+        if key not in task_config:
+            raise ConfigError(f"missing '{key}' (a {{'class', 'module_path', 'kwargs'}} dict)", "task")
+    records = task_config.get("record", [])
+    if not isinstance(records, (Mapping, list, tuple)):
+        raise ConfigError("expected a record config or a list of them", "task.record")
+    return dict(task_config)
+
+
+def _task_json(task_config: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(task_config, indent=1, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"the task must be JSON-compatible to be recorded and re-run ({e})", "task"
+        ) from None
+
+
+def _task_hash(task_config: Mapping[str, Any]) -> str:
+    from alphamill.canonical import task_hash
+
+    return task_hash(task_config)
+
+
+def recorder_ref(rec: Any) -> dict[str, str]:
+    """``{"experiment_id", "run_id", "experiment_name"}``: a recorder as plain JSON."""
+    to_ref = getattr(rec, "to_ref", None)
+    if callable(to_ref):
+        return dict(to_ref())
+    if isinstance(rec, Mapping):
+        return {k: str(rec[k]) for k in ("experiment_id", "run_id", "experiment_name") if k in rec}
+    raise ConfigError(f"expected a recorder or its reference dict, got {type(rec).__name__}")
+
+
+def _log_task_info(rec: Any, task_config: Mapping[str, Any], stage: str) -> None:
+    from alphamill.workflow.recorder import R
+
+    text = _task_json(task_config)
+    R.log_params(**flatten_dict(task_config))
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / TASK_ARTIFACT
+        file.write_text(text)
+        R.save_objects(local_path=str(file))
+    tags = {
+        "hostname": socket.gethostname(),
+        "alphamill.task_hash": _task_hash(task_config),
+        STAGE_TAG: stage,
+        **{f"alphamill.version.{k}": v for k, v in package_versions().items()},
+    }
+    R.set_tags(**tags)
+
+
+def _build(task_config: Mapping[str, Any]) -> tuple[Model, Dataset]:
+    from alphamill.instance import init_instance_by_config
+
+    model = init_instance_by_config(
+        task_config["model"], accept_types=Model, default_module="alphamill.model", path="task.model"
+    )
+    dataset = init_instance_by_config(
+        task_config["dataset"],
+        accept_types=Dataset,
+        default_module="alphamill.dataset",
+        path="task.dataset",
+    )
+    return model, dataset
+
+
+def _exe_task(task_config: Mapping[str, Any]) -> None:
+    """Fit and record inside the active run (Qlib's ``_exe_task``)."""
+    from alphamill.instance import init_instance_by_config
+    from alphamill.workflow.recorder import R
+
+    rec = R.get_recorder()
+    resolved = fill_placeholder(dict(task_config))
+    t0 = time.perf_counter()
+    model, dataset = _build(resolved)
+    prepare_seconds = time.perf_counter() - t0
+    fingerprint = getattr(dataset, "fingerprint", None)
+    if callable(fingerprint) and fingerprint() is not None:
+        R.set_tags(**{"alphamill.data_fingerprint": str(fingerprint())})
+    if task_config.get("reweighter") is not None:
+        raise ConfigError("sample reweighting is not supported", "task.reweighter")
+    t0 = time.perf_counter()
+    model.fit(dataset)
+    fit_wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / MODEL_ARTIFACT)
+        R.save_objects(local_path=str(Path(tmp) / MODEL_ARTIFACT), artifact_path=MODEL_ARTIFACT)
+    R.log_metrics(
+        **{
+            "timing.prepare_seconds": prepare_seconds,
+            "timing.fit_seconds": fit_wall,
+            "timing.model_fit_seconds": float(getattr(model, "fit_seconds", 0.0)),
+        }
+    )
+    resolved = fill_placeholder(resolved, {"<MODEL>": model, "<DATASET>": dataset})
+    records = resolved.get("record", [])
+    if isinstance(records, Mapping):
+        records = [records]
+    t0 = time.perf_counter()
+    for i, record in enumerate(records):
+        r = init_instance_by_config(
+            record,
+            default_module="alphamill.workflow.record_temp",
+            try_kwargs={"model": model, "dataset": dataset},
+            path=f"task.record.{i}",
+            recorder=rec,
+        )
+        r.generate()
+    R.log_metrics(**{"timing.records_seconds": time.perf_counter() - t0})
+
+
+def task_train(
+    task_config: dict, experiment_name: str, recorder_name: str | None = None
+) -> Any:
+    """Run one task from start to end in one recorder and return that recorder."""
+    from alphamill.workflow.recorder import R
+
+    task_config = _check_task(task_config)
+    with R.start(experiment_name=experiment_name, recorder_name=recorder_name):
+        rec = R.get_recorder()
+        _log_task_info(rec, task_config, stage="running")
+        _exe_task(task_config)
+        R.set_tags(**{STAGE_TAG: "done"})
+        return R.get_recorder()
+
+
+def begin_task_train(
+    task_config: dict, experiment_name: str, recorder_name: str | None = None
+) -> Any:
+    """Stage one: open a recorder and record the task in it (nothing is fitted)."""
+    from alphamill.workflow.recorder import R
+
+    task_config = _check_task(task_config)
+    _task_json(task_config)
+    with R.start(experiment_name=experiment_name, recorder_name=recorder_name):
+        rec = R.get_recorder()
+        _log_task_info(rec, task_config, stage="part_done")
+        return R.get_recorder()
+
+
+def end_task_train(rec: Any, experiment_name: str) -> Any:
+    """Stage two: reload the task recorded by :func:`begin_task_train`, fit and record.
+
+    ``rec`` is the recorder of stage one or its :func:`recorder_ref` dict, so this can run in
+    another process than stage one.
+    """
+    from alphamill.workflow.recorder import R
+
+    ref = recorder_ref(rec)
+    with R.start(experiment_name=experiment_name, recorder_id=ref["run_id"], resume=True):
+        current = R.get_recorder()
+        task_config = current.load_object(TASK_ARTIFACT)
+        if isinstance(task_config, (str, bytes)):
+            task_config = json.loads(task_config)
+        _exe_task(_check_task(task_config))
+        R.set_tags(**{STAGE_TAG: "done"})
+        return R.get_recorder()
