@@ -50,7 +50,7 @@ def package_versions() -> dict[str, str]:
 def flatten_dict(obj: Any, prefix: str = "") -> dict[str, str]:
     """Qlib's ``flatten_dict`` for params: ``{"model.kwargs.lr": "0.1", "record.0.class": ...}``."""
     out: dict[str, str] = {}
-    if isinstance(obj, Mapping):
+    if isinstance(obj, Mapping) and obj:
         items = [(str(k), v) for k, v in obj.items()]
     elif isinstance(obj, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in obj):
         items = [(str(i), v) for i, v in enumerate(obj)]
