@@ -251,7 +251,8 @@ class SQLiteQueryCompiler:
         if any(q is None for q in values):
             sql += f" OR json_type({col}, ?) IS NULL"
             params.append(path)
-        return sql, params
+        # SQL's NULL would make NOT(...) unknown on missing paths; force a plain 0/1
+        return f"COALESCE(({sql}), 0)", params
 
     def _cmp(self, col: str, path: str, op: str, q: Any) -> tuple[str, list[Any]]:
         sym = _SQL_CMP[op]
