@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from alphamill.errors import ConfigError
@@ -74,13 +75,23 @@ def fetch_df_by_col(df: pd.DataFrame, col_set: str | Sequence[str]) -> pd.DataFr
         return df
     if col_set == DataHandlerLP.CS_ALL:
         return df.droplevel(0, axis=1)
-    groups = list(df.columns.get_level_values(0).unique())
+    top = df.columns.get_level_values(0)
+    groups = list(top.unique())
     wanted = [col_set] if isinstance(col_set, str) else list(col_set)
     unknown = [g for g in wanted if g not in groups]
     if unknown:
         raise ConfigError(
             f"unknown column group {unknown[0]!r}; expected one of {groups} or '__all'", "col_set"
         )
+    # Groups are contiguous column blocks: select them by position, which is a view (no copy).
+    mask = np.isin(np.asarray(top, dtype=object), wanted)
+    pos = np.flatnonzero(mask)
+    if len(pos) and pos[-1] - pos[0] + 1 == len(pos):
+        out = df.iloc[:, pos[0] : pos[-1] + 1]
+        if isinstance(col_set, str):
+            out = out.copy(deep=False)
+            out.columns = out.columns.droplevel(0)
+        return out
     if isinstance(col_set, str):
         return df.loc[:, col_set]
     return df.loc[:, wanted]
@@ -397,12 +408,14 @@ def to_two_level(flat: pd.DataFrame, label_names: Sequence[str] = ("LABEL0",)) -
     """Turn a flat feature+label frame into ``(group, name)`` columns, features first."""
     if isinstance(flat.columns, pd.MultiIndex):
         return flat
-    labels = [c for c in flat.columns if c in set(label_names)]
-    feats = [c for c in flat.columns if c not in set(labels)]
+    names = set(label_names)
+    labels = [c for c in flat.columns if c in names]
+    feats = [c for c in flat.columns if c not in names]
     cols = pd.MultiIndex.from_tuples(
         [("feature", c) for c in feats] + [("label", c) for c in labels]
     )
-    out = flat[feats + labels]
+    # Labels usually come last already; then relabel the columns without copying the data.
+    out = flat.copy(deep=False) if list(flat.columns) == feats + labels else flat[feats + labels]
     out.columns = cols
     return out
 

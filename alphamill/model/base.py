@@ -181,8 +181,10 @@ def training_frames(
 
 def split_xy(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """Features and a 1-D label; several label columns are an error (as in Qlib)."""
-    x = df["feature"]
-    y = df["label"]
+    from alphamill.dataset.handler import fetch_df_by_col
+
+    x = fetch_df_by_col(df, "feature")
+    y = fetch_df_by_col(df, "label")
     if y.shape[1] != 1:
         raise ConfigError(
             f"expected one label column, got {y.shape[1]}: {list(y.columns)}",
