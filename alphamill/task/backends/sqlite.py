@@ -206,8 +206,13 @@ class SQLiteBackend(Backend):
             self._pid = pid
         return self._conn_obj
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
-        """Run ``fn`` in one transaction (``BEGIN IMMEDIATE`` for writes), retrying when busy."""
+    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool, single: bool = False) -> T:
+        """Run ``fn`` in one transaction (``BEGIN IMMEDIATE`` for writes), retrying when busy.
+
+        ``single``: ``fn`` runs one statement, which SQLite already makes atomic (a writing
+        statement takes the write lock when it starts), so no explicit transaction is opened;
+        this halves the round trips of claims and commits.
+        """
         deadline = time.monotonic() + self.busy_limit
         delay = 0.005
         if self._lock_pid != os.getpid():  # a lock copied by fork may be held by a dead thread
@@ -217,6 +222,8 @@ class SQLiteBackend(Backend):
             while True:
                 conn = self._conn
                 try:
+                    if single:
+                        return fn(conn)
                     conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                     try:
                         out = fn(conn)
@@ -404,13 +411,13 @@ class SQLiteBackend(Backend):
         )
         args = (worker.owner, float(lease_seconds), worker.host, int(worker.pid), *params,
                 from_status, limit)
-        rows = self._run(lambda c: c.execute(sql, args).fetchall(), write=True)
+        rows = self._run(lambda c: c.execute(sql, args).fetchall(), write=True, single=True)
         recs = [_row_to_record(r) for r in rows]
         recs.sort(key=lambda r: (-r.priority, int(r.id)))
         return recs
 
     def _cas(self, sql: str, args: Sequence[Any]) -> bool:
-        return self._run(lambda c: c.execute(sql, args).rowcount == 1, write=True)
+        return self._run(lambda c: c.execute(sql, args).rowcount == 1, write=True, single=True)
 
     @staticmethod
     def _tid(task_id: Any) -> int | None:
@@ -491,7 +498,8 @@ class SQLiteBackend(Backend):
             f"claimed_from = NULL, not_before = NULL, {_CLEAR_LEASE} "
             f"WHERE pool = ? AND status = '{RUNNING}' AND lease_expires < {NOW}"
         )
-        return self._run(lambda c: c.execute(sql, (LEASE_EXPIRED_ERROR, pool)).rowcount, write=True)
+        return self._run(lambda c: c.execute(sql, (LEASE_EXPIRED_ERROR, pool)).rowcount, write=True,
+                         single=True)
 
     # -- reading ---------------------------------------------------------------------------------
     def get_tasks(self, pool: str, ids: Sequence[str]) -> list[TaskRecord]:
@@ -525,19 +533,19 @@ class SQLiteBackend(Backend):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        rows = self._run(lambda c: c.execute(sql, params).fetchall(), write=False)
+        rows = self._run(lambda c: c.execute(sql, params).fetchall(), write=False, single=True)
         return [_row_to_record(r) for r in rows]
 
     def count_tasks(self, pool: str, query: Any) -> dict[str, int]:
         where, params = self._where(pool, query)
         sql = f"SELECT status, COUNT(*) FROM tasks WHERE {where} GROUP BY status"
-        return dict(self._run(lambda c: c.execute(sql, params).fetchall(), write=False))
+        return dict(self._run(lambda c: c.execute(sql, params).fetchall(), write=False, single=True))
 
     # -- administration --------------------------------------------------------------------------
     def delete_tasks(self, pool: str, query: Any) -> int:
         where, params = self._where(pool, query)
         return self._run(lambda c: c.execute(f"DELETE FROM tasks WHERE {where}", params).rowcount,
-                         write=True)
+                         write=True, single=True)
 
     def set_status(self, pool: str, query: Any, to_status: str) -> int:
         check_admin_status(to_status)
@@ -550,19 +558,20 @@ class SQLiteBackend(Backend):
             f"WHERE {where}"
         )
         args = [to_status, claimable, claimable, *params]
-        return self._run(lambda c: c.execute(sql, args).rowcount, write=True)
+        return self._run(lambda c: c.execute(sql, args).rowcount, write=True, single=True)
 
     def set_priority(self, pool: str, query: Any, priority: int) -> int:
         check_priority(priority)
         where, params = self._where(pool, query)
         return self._run(
             lambda c: c.execute(f"UPDATE tasks SET priority = ? WHERE {where}", [priority, *params]).rowcount,
-            write=True,
+            write=True, single=True,
         )
 
     # -- the store -------------------------------------------------------------------------------
     def now(self) -> float:
-        return float(self._run(lambda c: c.execute(f"SELECT {NOW}").fetchone()[0], write=False))
+        return float(self._run(lambda c: c.execute(f"SELECT {NOW}").fetchone()[0], write=False,
+                               single=True))
 
     def doctor(self) -> dict[str, Any]:
         def op(conn: sqlite3.Connection) -> dict[str, Any]:
