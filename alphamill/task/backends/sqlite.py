@@ -172,7 +172,12 @@ class SQLiteBackend(Backend):
         self._pid = -1
         self._abandoned: list[sqlite3.Connection] = []
         self._compiler = SQLiteQueryCompiler()
-        self._run(self._create_schema, write=True)
+        # a read first, so an existing pool opens even where the file is read-only (doctor)
+        have = self._run(
+            lambda c: {r[0] for r in c.execute("SELECT name FROM sqlite_master")}, write=False, single=True
+        )
+        if not {"pools", "tasks", *EXPECTED_INDEXES} <= have:
+            self._run(self._create_schema, write=True)
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({self.path!r})"
