@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import pickle
 from typing import Any
@@ -51,9 +52,52 @@ def pickle_key(pool: str) -> bytes:
 
 
 def _canonicalize(obj: Any, path: str) -> Any:
+    fast = plain_canonical(obj)
+    if fast is not None:
+        return fast[0]
     from alphamill.canonical import canonicalize
 
     return canonicalize(obj, path=path)
+
+
+def plain_canonical(obj: Any) -> tuple[Any, str] | None:
+    """``(canonical value, canonical JSON text)`` of plain JSON data, or ``None``.
+
+    The common task is plain JSON (dicts with string keys, lists, strings, numbers): for it
+    :func:`alphamill.canonical.canonical_json` is exactly ``json.dumps`` with sorted keys and
+    compact separators, which runs in C. The round trip proves the value was plain: anything
+    ``json`` cannot encode (dates, numpy, sets, NaN), converts silently (tuples, non-string
+    keys) or spells differently (``-0.0``) returns ``None`` and takes the full
+    :mod:`alphamill.canonical` path, which applies its rules or names the faulty path.
+    """
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    if "-0.0" in text:
+        return None
+    value = json.loads(text)
+    try:
+        same = value == obj
+    except Exception:
+        return None
+    if same is not True:
+        return None
+    return value, text
+
+
+def fast_task_hash(definition: Any) -> str:
+    """:func:`alphamill.canonical.task_hash`, computed in C for plain JSON values.
+
+    Identical digests (sha256 of the same canonical text; checked by the tests); anything
+    that is not plain JSON is hashed by ``canonical.task_hash`` itself.
+    """
+    fast = plain_canonical(definition)
+    if fast is not None:
+        return hashlib.sha256(fast[1].encode("utf-8")).hexdigest()
+    from alphamill.canonical import task_hash
+
+    return task_hash(definition)
 
 
 class Codec:
@@ -72,14 +116,22 @@ class Codec:
     # -- hashing -------------------------------------------------------------------------------
     def task_hash(self, definition: Any) -> str:
         """Content hash used for dedupe: the canonical hash, or the pickle's in pickle pools."""
-        from alphamill.canonical import task_hash
-
         if self.name == "json":
-            return task_hash(definition)
+            return fast_task_hash(definition)
         try:
-            return task_hash(definition)
+            return fast_task_hash(definition)
         except CanonicalError:
             return "pickle:" + hashlib.sha256(pickle.dumps(definition, protocol=4)).hexdigest()
+
+    def prepare(self, definition: Any, where: str = "task") -> tuple[Any, str]:
+        """``(stored form, content hash)`` of a definition, in one canonical pass when plain."""
+        fast = plain_canonical(definition)
+        if fast is not None:
+            value, text = fast
+            if isinstance(value, dict) and _ENVELOPE in value:
+                raise CanonicalError(f"the key {_ENVELOPE!r} is reserved for signed payloads", where)
+            return value, hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self.encode_definition(definition, where), self.task_hash(definition)
 
     # -- encoding ------------------------------------------------------------------------------
     def encode_definition(self, definition: Any, where: str = "task") -> Any:

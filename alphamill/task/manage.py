@@ -266,6 +266,8 @@ class TaskManager:
         elif codec is not None:
             self._codec = Codec(codec, self.task_pool)  # check the pickle key before any write
         self._identity: WorkerIdentity | None = None
+        #: How many tasks the last ``create_task`` call inserted (or would insert, dry run).
+        self.last_new = 0
         self._heartbeat = Heartbeat(
             self._open_heartbeat_store,
             self.task_pool,
@@ -372,7 +374,7 @@ class TaskManager:
     def _new_task(self, definition: Any, where: str, priority: int) -> NewTask:
         if not isinstance(definition, Mapping):
             raise ConfigError(f"a task definition is a dict, got {type(definition).__name__}", where)
-        stored = self.codec.encode_definition(definition, where)
+        stored, content_hash = self.codec.prepare(definition, where)
         meta = definition.get("meta")
         if meta is None:
             metadata: dict[str, Any] = {}
@@ -382,7 +384,7 @@ class TaskManager:
             raise ConfigError(f"expected a dict of metadata, got {type(meta).__name__}", f"{where}.meta")
         return NewTask(
             definition=stored,
-            hash=self.codec.task_hash(definition),
+            hash=content_hash,
             priority=priority,
             max_attempts=self.max_attempts,
             metadata=metadata,
@@ -421,6 +423,7 @@ class TaskManager:
                 if t.hash not in known and t.hash not in seen:
                     fresh.append(d)
                 seen.add(t.hash)
+            self.last_new = len(fresh)
             logger.info("Total Tasks: %d, New Tasks: %d (dry run)", len(defs), len(fresh))
             if print_nt:
                 for d in fresh:
@@ -438,6 +441,7 @@ class TaskManager:
                     n_new += 1
                     if print_nt:
                         new_defs.append(defs[start + j])
+        self.last_new = n_new
         logger.info("Total Tasks: %d, New Tasks: %d", len(defs), n_new)
         for d in new_defs:
             print(d)
@@ -617,6 +621,15 @@ class TaskManager:
         status = FAILED if final else (task.get("claimed_from") or WAITING)
         task.update(status=status, last_error=error, lease_token=None, lease_owner=None)
         return status
+
+    def release_held(self) -> int:
+        """Hand back every task this manager still holds (shutdown); attempts not counted."""
+        n = 0
+        for task_id, token in self._heartbeat.held().items():
+            self._heartbeat.discard(task_id)
+            with contextlib.suppress(Exception):
+                n += bool(self.backend.release_task(self.task_pool, task_id, token))
+        return n
 
     def requeue_expired(self) -> int:
         """Put back every task whose lease expired (dead workers); return how many."""

@@ -76,3 +76,15 @@ def opaque(task_def, **kwargs):
 
 def interrupt(task_def, **kwargs):
     raise KeyboardInterrupt
+
+
+def create_same(url, pool, n, barrier, out_path):
+    """Create the same ``n`` tasks as the other processes, all starting together."""
+    from alphamill.task.manage import TaskManager
+
+    defs = [{"model": {"class": "M", "kwargs": {"seed": i}}, "n": i} for i in range(n)]
+    with TaskManager(pool, url) as tm:
+        barrier.wait(timeout=60)
+        ids = tm.create_task(defs)
+    with open(out_path, "w") as f:
+        f.write("\n".join(ids))

@@ -1,0 +1,349 @@
+"""Worker processes that drain a task pool: ``alphamill worker -t POOL --jobs N``.
+
+Each process claims tasks under a lease (renewed by a heartbeat thread while the task runs),
+runs ``module:function`` on the definition (or on the stored result of a ``part_done``
+task), commits the result with a compare-and-set on the lease, and periodically re-queues
+tasks whose lease expired (workers that died). The same command started on many machines
+against one PostgreSQL or MongoDB pool is how alphamill scales out.
+
+SIGTERM/SIGINT: stop claiming; the running task may finish within ``grace`` seconds, else it
+is handed back (its attempt not counted); prefetched tasks not yet started are handed back at
+once; the process exits 0. A second signal hands the running task back immediately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from alphamill.errors import ConfigError, LeaseLost
+from alphamill.task.manage import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_RETRY_BACKOFF,
+    TaskManager,
+    execute_task,
+)
+from alphamill.task.query import parse_query
+from alphamill.task.status import CLAIMABLE, COMMITTABLE, DONE, RUNNING, WAITING
+
+logger = logging.getLogger("alphamill.worker")
+
+DEFAULT_FUNC = "alphamill.workflow.task_train:task_train"
+DEFAULT_GRACE = 30.0
+
+
+def load_func(spec: str) -> Callable[..., Any]:
+    """Import ``module:function`` (``module.function`` also accepted); errors name the spec."""
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"expected 'module:function', got {spec!r}", "func")
+    module, sep, name = spec.partition(":")
+    if not sep:
+        module, _, name = spec.rpartition(".")
+    if not module or not name:
+        raise ConfigError(f"expected 'module:function', got {spec!r}", "func")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # like `python -m`: the project's own modules are importable
+    try:
+        mod = import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"cannot import module {module!r} of {spec!r}: {e}", "func") from None
+    obj: Any = mod
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(f"module {module!r} has no attribute {name!r}", "func")
+    if not callable(obj):
+        raise ConfigError(f"{spec!r} is not callable", "func")
+    return obj
+
+
+@dataclass
+class WorkerConfig:
+    """Everything one worker process needs (picklable, sent to spawned children)."""
+
+    task_pool: str
+    url: str | None = None
+    func: str = DEFAULT_FUNC
+    query: dict[str, Any] = field(default_factory=dict)
+    max_tasks: int | None = None
+    until_empty: bool = False
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    heartbeat_interval: float | None = None
+    prefetch: int = 1
+    grace: float = DEFAULT_GRACE
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    before_status: str = WAITING
+    after_status: str = DONE
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    idle_sleep: float = 1.0
+    force_release: bool = False
+
+
+class _GraceExpired(BaseException):
+    """Raised inside the running task when the shutdown grace period is over."""
+
+
+class _Shutdown:
+    """Signal handling of one worker process: first signal stops claiming, then a grace timer."""
+
+    def __init__(self, grace: float):
+        self.grace = grace
+        self.requested = False
+        self.in_task = False
+        self._installed: dict[int, Any] = {}
+
+    def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in signals:
+            self._installed[sig] = signal.signal(sig, self._on_signal)
+        self._installed[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def uninstall(self) -> None:
+        if self._installed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, old in self._installed.items():
+            signal.signal(sig, old)
+        self._installed.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        first = not self.requested
+        self.requested = True
+        if not self.in_task:
+            return
+        if first and self.grace > 0:
+            logger.warning(
+                "signal %s: finishing the running task (up to %gs), then exiting", signum, self.grace
+            )
+            signal.setitimer(signal.ITIMER_REAL, self.grace)
+            return
+        raise _GraceExpired
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        if self.in_task:
+            raise _GraceExpired
+
+    @contextlib.contextmanager
+    def task(self) -> Iterator[None]:
+        """Marks the task function's run: only there may the grace timer interrupt."""
+        self.in_task = True
+        try:
+            if self.requested and self.grace <= 0:
+                raise _GraceExpired
+            yield
+        finally:
+            self.in_task = False
+            if self._installed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+
+def _drained(tm: TaskManager, query: Mapping[str, Any], before_status: str) -> bool:
+    """Nothing left that this worker could ever claim (claimable or running elsewhere)."""
+    stat = tm.task_stat(query)
+    return not stat.get(before_status) and not stat.get(RUNNING)
+
+
+def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
+    """The loop of one worker process; returns how many tasks it ran."""
+    func = load_func(cfg.func)
+    own_signals = shutdown is None
+    if shutdown is None:
+        shutdown = _Shutdown(cfg.grace)
+        shutdown.install()
+    tm = TaskManager(
+        cfg.task_pool,
+        cfg.url,
+        lease_seconds=cfg.lease_seconds,
+        heartbeat_interval=cfg.heartbeat_interval,
+        retry_backoff=cfg.retry_backoff,
+    )
+    requeue_every = min(max(cfg.lease_seconds / 2, 0.2), 30.0)
+    last_requeue = -requeue_every
+    idle = 0.02
+    ran = 0
+    logger.info("worker %s on %r started", tm.identity.owner, cfg.task_pool)
+    try:
+        while not shutdown.requested and (cfg.max_tasks is None or ran < cfg.max_tasks):
+            now = time.monotonic()
+            if now - last_requeue >= requeue_every:
+                n = tm.requeue_expired()
+                if n:
+                    logger.warning("re-queued %d tasks whose lease expired", n)
+                last_requeue = now
+            limit = cfg.prefetch if cfg.max_tasks is None else min(cfg.prefetch, cfg.max_tasks - ran)
+            batch = tm.fetch_tasks(cfg.query, status=cfg.before_status, limit=limit)
+            if not batch:
+                if cfg.until_empty and _drained(tm, cfg.query, cfg.before_status):
+                    break
+                shutdown.sleep(idle)
+                idle = min(idle * 2, cfg.idle_sleep)
+                continue
+            idle = 0.02
+            try:
+                for i, task in enumerate(batch):
+                    if shutdown.requested:
+                        _give_back(tm, batch[i:])
+                        break
+                    execute_task(
+                        tm,
+                        task,
+                        func,
+                        cfg.kwargs,
+                        after_status=cfg.after_status,
+                        force_release=cfg.force_release,
+                        guard=shutdown.task,
+                    )
+                    ran += 1
+            except _GraceExpired:
+                logger.warning("grace period over: running task handed back")
+                _give_back(tm, batch)
+                break
+    finally:
+        tm.release_held()
+        tm.close()
+        if own_signals:
+            shutdown.uninstall()
+    logger.info("worker %s stopped after %d tasks", tm.identity.owner, ran)
+    return ran
+
+
+def _give_back(tm: TaskManager, tasks: list[dict[str, Any]]) -> None:
+    """Return tasks still held (prefetched or interrupted) without using up their attempt."""
+    for task in tasks:
+        if tm.holds(task):
+            with contextlib.suppress(LeaseLost):
+                tm.return_task(task, status=task.get("claimed_from") or WAITING)
+
+
+def _child_main(cfg: WorkerConfig) -> None:
+    """Entry point of a spawned worker: the parent forwards signals as SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which forwards it
+    shutdown = _Shutdown(cfg.grace)
+    shutdown.install((signal.SIGTERM,))
+    try:
+        work(cfg, shutdown)
+    finally:
+        shutdown.uninstall()
+
+
+def check_config(cfg: WorkerConfig, jobs: int) -> None:
+    """Refuse bad settings before any process starts (errors name the option)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"expected a positive integer, got {jobs!r}", "jobs")
+    if cfg.max_tasks is not None and (isinstance(cfg.max_tasks, bool) or cfg.max_tasks < 1):
+        raise ConfigError(f"expected a positive integer, got {cfg.max_tasks!r}", "max_tasks")
+    if isinstance(cfg.prefetch, bool) or not isinstance(cfg.prefetch, int) or cfg.prefetch < 1:
+        raise ConfigError(f"expected a positive integer, got {cfg.prefetch!r}", "prefetch")
+    if cfg.before_status not in CLAIMABLE:
+        raise ConfigError(f"expected one of {sorted(CLAIMABLE)}, got {cfg.before_status!r}", "before_status")
+    if cfg.after_status not in COMMITTABLE:
+        raise ConfigError(f"expected one of {sorted(COMMITTABLE)}, got {cfg.after_status!r}", "after_status")
+    if cfg.grace < 0:
+        raise ConfigError(f"expected a non-negative number of seconds, got {cfg.grace!r}", "grace")
+    parse_query(cfg.query)
+    load_func(cfg.func)
+    # validates the pool name, URL, lease and heartbeat before spawning anything
+    TaskManager(
+        cfg.task_pool,
+        cfg.url,
+        lease_seconds=cfg.lease_seconds,
+        heartbeat_interval=cfg.heartbeat_interval,
+        retry_backoff=cfg.retry_backoff,
+    ).close()
+
+
+def run_worker(
+    task_pool: str,
+    url: str | None = None,
+    func: str = DEFAULT_FUNC,
+    jobs: int = 1,
+    query: Mapping[str, Any] | None = None,
+    max_tasks: int | None = None,
+    until_empty: bool = False,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    heartbeat_interval: float | None = None,
+    prefetch: int = 1,
+    *,
+    grace: float = DEFAULT_GRACE,
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF,
+    before_status: str = WAITING,
+    after_status: str = DONE,
+    force_release: bool = False,
+    **kwargs: Any,
+) -> int:
+    """Run ``jobs`` worker processes on ``task_pool``; return the exit code (0 on success).
+
+    ``jobs=1`` works in this process; more spawn fresh processes (signals forwarded to them).
+    ``max_tasks`` is per process. ``until_empty`` exits once nothing is waiting or running.
+    ``prefetch`` > 1 claims several tasks per transaction (for tiny tasks); all their leases
+    are renewed until each is run or handed back. ``kwargs`` are passed to the function.
+    """
+    cfg = WorkerConfig(
+        task_pool=task_pool,
+        url=url,
+        func=func,
+        query=dict(query or {}),
+        max_tasks=max_tasks,
+        until_empty=until_empty,
+        lease_seconds=lease_seconds,
+        heartbeat_interval=heartbeat_interval,
+        prefetch=prefetch,
+        grace=grace,
+        retry_backoff=retry_backoff,
+        before_status=before_status,
+        after_status=after_status,
+        kwargs=kwargs,
+        force_release=force_release,
+    )
+    check_config(cfg, jobs)
+    if jobs == 1:
+        work(cfg)
+        return 0
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child_main, args=(cfg,), name=f"alphamill-worker-{i}") for i in range(jobs)]
+
+    def forward(signum: int, frame: Any) -> None:
+        logger.warning("signal %s: asking %d workers to stop", signum, len(procs))
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGTERM)
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            while p.is_alive():
+                p.join(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        logger.error("%d of %d worker processes failed (exit codes %s)", len(bad), jobs, bad)
+        return 1
+    return 0
+
+
+__all__ = ["run_worker", "work", "WorkerConfig", "load_func", "DEFAULT_FUNC"]
