@@ -98,7 +98,10 @@ class TimeAdjuster:
 
     def align_time(
         self, time_point: Any, tp_type: str = "start", path: str = "time"
-    ) -> pd.Timestamp:
+    ) -> pd.Timestamp | None:
+        """Align to a trading day; ``None`` (an open bound) stays ``None`` (as Qlib)."""
+        if time_point is None:
+            return None
         idx = self.align_idx(time_point, tp_type, path)
         day = self.get(idx)
         if day is None:

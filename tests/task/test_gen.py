@@ -458,3 +458,55 @@ def test_rolling_properties(case):
             assert sg["train"][0] == first_train + i * step
         assert [hk(t)["fit_start_time"], hk(t)["fit_end_time"]] == segs(t)["train"]
         assert pd.Timestamp(hk(t)["end_time"]) >= pd.Timestamp(segs(t)["test"][1])
+
+
+def qlib_reference(cal, task, step, rtype, trunc_days):
+    """Qlib's RollingGen loop, written with the ported TimeAdjuster (no embargo, no clipping)."""
+    ta = TimeAdjuster(cal)
+    segments = ta.align_seg({k: tuple(v) for k, v in segs(task).items()})
+    test_end = ta.max() if segs(task)["test"][1] is None else pd.Timestamp(segs(task)["test"][1])
+    test_start_idx = ta.align_idx(segments["test"][0])
+    segments["test"] = (ta.get(test_start_idx), ta.get(test_start_idx + step - 1))
+    if trunc_days is not None:
+        for k in segments:
+            if k != "test":
+                segments[k] = ta.truncate(segments[k], segments["test"][0], trunc_days)
+    out = [segments]
+    prev = segments
+    while prev["test"][1] is not None:  # Qlib fails to shift a bound past the calendar
+        nxt = {}
+        try:
+            for k, seg in prev.items():
+                kind = ta.SHIFT_EX if k == "train" and rtype == RollingGen.ROLL_EX else ta.SHIFT_SD
+                nxt[k] = ta.shift(seg, step=step, rtype=kind)
+            if nxt["test"][0] > test_end:
+                break
+        except KeyError:
+            break
+        out.append(nxt)
+        prev = nxt
+    return out, test_end
+
+
+@given(rolling_cases())
+@settings(max_examples=80, deadline=None)
+def test_same_windows_as_qlib_up_to_the_clipped_end(case):
+    cal, task, kwargs, _, _ = case
+    kwargs = {**kwargs, "embargo": 0}
+    try:
+        ours = RollingGen(calendar=cal, **kwargs).generate(task)
+    except ConfigError:
+        return
+    ref, test_end = qlib_reference(cal, task, kwargs["step"], kwargs["rtype"], kwargs["trunc_days"])
+    assert len(ours) == len(ref)
+    for t, r in zip(ours, ref, strict=True):
+        want = {
+            k: [s.strftime("%Y-%m-%d"), e.strftime("%Y-%m-%d")]
+            for k, (s, e) in r.items()
+            if k != "test"
+        }
+        s, e = r["test"]
+        e = test_end if e is None or e > test_end else e  # the deliberate difference: clipped
+        last_day = max(d for d in pd.DatetimeIndex(cal) if d <= e)
+        want["test"] = [s.strftime("%Y-%m-%d"), last_day.strftime("%Y-%m-%d")]
+        assert segs(t) == want
