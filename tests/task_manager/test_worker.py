@@ -1,0 +1,156 @@
+"""Worker loop: until-empty, max-tasks, prefetch leases, shutdown on signals, bad settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from alphamill.errors import ConfigError, PoolError, QueryError
+from alphamill.task.manage import TaskManager
+from alphamill.task.worker import load_func, run_worker
+from tests.task_manager.test_processes import cli_proc, wait_ok
+
+NOOP = "tests.task_manager.funcs:noop"
+
+
+@pytest.fixture
+def mem_url():
+    return f"memory://w{os.urandom(6).hex()}"
+
+
+def make(url, pool, defs, **kw):
+    with TaskManager(pool, url, **kw) as tm:
+        return tm.create_task(defs)
+
+
+def stat(url, pool):
+    with TaskManager(pool, url) as tm:
+        return tm.task_stat()
+
+
+def test_until_empty_runs_everything(mem_url, pool):
+    make(mem_url, pool, [{"n": i} for i in range(20)])
+    assert run_worker(pool, mem_url, func=NOOP, until_empty=True) == 0
+    assert stat(mem_url, pool) == {"done": 20}
+
+
+def test_max_tasks_and_query(mem_url, pool):
+    make(mem_url, pool, [{"n": i, "group": i % 2} for i in range(10)])
+    run_worker(pool, mem_url, func=NOOP, max_tasks=3, query={"def.group": 1})
+    with TaskManager(pool, mem_url) as tm:
+        done = list(tm.query({"status": "done"}))
+        assert len(done) == 3 and all(t["def"]["group"] == 1 for t in done)
+    run_worker(pool, mem_url, func=NOOP, until_empty=True, query={"def.group": 1})
+    assert stat(mem_url, pool) == {"done": 5, "waiting": 5}
+
+
+def test_prefetch_keeps_every_lease_alive(mem_url, pool, tmp_path, monkeypatch):
+    ledger = tmp_path / "ledger"
+    monkeypatch.setenv("AM_TEST_LEDGER", str(ledger))
+    make(mem_url, pool, [{"n": i, "sleep": 0.15} for i in range(8)])
+    run_worker(pool, mem_url, func="tests.task_manager.funcs:ledger", until_empty=True,
+               prefetch=8, lease_seconds=0.4, heartbeat_interval=0.08)
+    runs = Counter(line.split()[0] for line in ledger.read_text().splitlines())
+    assert len(runs) == 8 and set(runs.values()) == {1}  # 1.2 s of work under 0.4 s leases
+    with TaskManager(pool, mem_url) as tm:
+        assert {t["attempts"] for t in tm.query()} == {1}
+        assert tm.task_stat() == {"done": 8}
+
+
+def test_failing_task_and_two_stage(mem_url, pool):
+    ids = make(mem_url, pool, [{"n": 0, "fail": True}, {"n": 1}], max_attempts=3)
+    run_worker(pool, mem_url, func="tests.task_manager.funcs:fail_if_asked", until_empty=True,
+               retry_backoff=0.01)
+    with TaskManager(pool, mem_url) as tm:
+        bad = tm.re_query(ids[0])
+        assert bad["status"] == "failed" and bad["attempts"] == 3 and "always fails" in bad["last_error"]
+    pool2 = pool + "b"
+    make(mem_url, pool2, [{"n": 5}])
+    run_worker(pool2, mem_url, func="tests.task_manager.funcs:first_stage", until_empty=True,
+               after_status="part_done")
+    run_worker(pool2, mem_url, func="tests.task_manager.funcs:second_stage", until_empty=True,
+               before_status="part_done")
+    with TaskManager(pool2, mem_url) as tm:
+        [t] = tm.query()
+        assert t["status"] == "done" and t["res"] == {"stage": 2, "prev": {"stage": 1, "n": 5}}
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [("nocolon", "module:function"), ("no_such_mod_xyz:f", "cannot import"),
+     ("os:no_such_fn", "no attribute"), ("os:sep", "not callable"), ("", "module:function")],
+)
+def test_load_func_errors(spec, match):
+    with pytest.raises(ConfigError, match=match):
+        load_func(spec)
+    assert load_func("os.path:join") is os.path.join
+
+
+def test_bad_settings_refused_before_work(mem_url, pool):
+    make(mem_url, pool, [{"n": 1}])
+    with pytest.raises(ConfigError, match="jobs"):
+        run_worker(pool, mem_url, func=NOOP, jobs=0)
+    with pytest.raises(ConfigError, match="prefetch"):
+        run_worker(pool, mem_url, func=NOOP, prefetch=0)
+    with pytest.raises(QueryError):
+        run_worker(pool, mem_url, func=NOOP, query={"nope": 1})
+    with pytest.raises(ConfigError, match="before_status"):
+        run_worker(pool, mem_url, func=NOOP, before_status="done")
+    with pytest.raises(PoolError):
+        run_worker("bad name", mem_url, func=NOOP)
+    with pytest.raises(ConfigError, match="heartbeat"):
+        run_worker(pool, mem_url, func=NOOP, lease_seconds=1, heartbeat_interval=5)
+    assert stat(mem_url, pool) == {"waiting": 1}
+
+
+def _start_sleeper(url, pool, ledger, *extra):
+    p = cli_proc("-t", pool, "--url", url, "worker", "--func",
+                 "tests.task_manager.funcs:mark_start_then_sleep", "--lease", "5", "--heartbeat", "1",
+                 *extra, ledger=ledger)
+    deadline = time.monotonic() + 60
+    while not (ledger.exists() and "start" in ledger.read_text()):
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    return p
+
+
+def test_sigterm_lets_running_task_finish(tmp_path, pool):
+    url = f"sqlite:///{tmp_path}/pool.db"
+    ledger = tmp_path / "ledger"
+    make(url, pool, [{"n": 0, "sleep": 1.0}, {"n": 1, "sleep": 1.0}])
+    p = _start_sleeper(url, pool, ledger, "--grace", "20")
+    p.send_signal(signal.SIGTERM)
+    wait_ok(p, timeout=30)
+    assert stat(url, pool) == {"done": 1, "waiting": 1}  # finished, and claimed nothing more
+    assert ledger.read_text().count("end") == 1
+
+
+def test_sigterm_after_grace_hands_task_back(tmp_path, pool):
+    url = f"sqlite:///{tmp_path}/pool.db"
+    ledger = tmp_path / "ledger"
+    [tid] = make(url, pool, [{"n": 0, "sleep": 30}])
+    p = _start_sleeper(url, pool, ledger, "--grace", "0.3")
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    wait_ok(p, timeout=30)
+    assert time.monotonic() - t0 < 15
+    with TaskManager(pool, url) as tm:
+        t = tm.re_query(tid)
+    assert t["status"] == "waiting" and t["attempts"] == 0 and t["lease_token"] is None
+
+
+def test_sigterm_to_parent_stops_all_jobs(tmp_path, pool):
+    url = f"sqlite:///{tmp_path}/pool.db"
+    ledger = tmp_path / "ledger"
+    make(url, pool, [{"n": i, "sleep": 30} for i in range(4)])
+    p = _start_sleeper(url, pool, ledger, "--jobs", "2", "--grace", "0.3", "--prefetch", "2")
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    wait_ok(p, timeout=60)
+    with TaskManager(pool, url) as tm:
+        assert tm.task_stat() == {"waiting": 4}
+        assert {t["attempts"] for t in tm.query()} == {0}
