@@ -126,6 +126,13 @@ def _is_trusted_module(name: str) -> bool:
 def _check_module_trusted(name: str, path: str) -> None:
     if not _is_trusted_module(name):
         prefix = name.split(".")[0]
+        try:
+            # a top-level lookup executes nothing, so a typo can be told from an untrusted name
+            missing = importlib.util.find_spec(prefix) is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
+            raise ConfigError(f"module {name!r} not found (no package {prefix!r})", path)
         raise ConfigError(
             f"module {name!r} is not trusted (trusted prefixes: "
             f"{', '.join(trusted_module_prefixes())}); "

@@ -158,9 +158,13 @@ def test_untrusted_modules_are_refused_with_how_to():
     assert "ALPHAMILL_TRUSTED_MODULES=os" in msg and "trust_module_prefix('os')" in msg
     with pytest.raises(ConfigError, match="not trusted"):
         init_instance_by_config("builtins.eval")
+    # a typo in an untrusted name is reported as not found, without importing anything
+    with pytest.raises(ConfigError, match="'alphamil.model' not found"):
+        init_instance_by_config({"class": "X", "module_path": "alphamil.model"})
     # a prefix must match whole name parts
+    trust_module_prefix("tests.task.dat")
     with pytest.raises(ConfigError, match="not trusted"):
-        get_module_by_module_path("alphamillx")
+        get_module_by_module_path(MOD)
 
 
 def test_reexports_from_untrusted_modules_are_refused(trusted):
