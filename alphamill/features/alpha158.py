@@ -1,0 +1,266 @@
+"""Alpha158: Qlib's 158 price/volume features and its default label, without Qlib.
+
+The expressions are built exactly as Qlib's ``Alpha158DL.get_feature_config`` builds
+them (same names, same order, same strings), then evaluated by
+:mod:`alphamill.features.expr` on a dense (instrument, day) float32 grid. Results are
+float32, indexed (datetime, instrument), one row per instrument and calendar day inside
+its listing span, halted days included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from alphamill.errors import ConfigError, DataError
+from alphamill.features import expr as ex
+from alphamill.features import ops
+
+WINDOWS = (5, 10, 20, 30, 60)
+FIELDS = ("open", "high", "low", "close", "volume", "vwap")
+DEFAULT_LABEL_EXPR = "Ref($close, -2)/Ref($close, -1) - 1"
+DEFAULT_LABEL_NAME = "LABEL0"
+
+
+def _feature_config() -> tuple[list[str], list[str]]:
+    """(expressions, names) in Qlib's order (Alpha158DL default config)."""
+    fields = [
+        "($close-$open)/$open",
+        "($high-$low)/$open",
+        "($close-$open)/($high-$low+1e-12)",
+        "($high-Greater($open, $close))/$open",
+        "($high-Greater($open, $close))/($high-$low+1e-12)",
+        "(Less($open, $close)-$low)/$open",
+        "(Less($open, $close)-$low)/($high-$low+1e-12)",
+        "(2*$close-$high-$low)/$open",
+        "(2*$close-$high-$low)/($high-$low+1e-12)",
+    ]
+    names = ["KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2"]
+    for f in ("OPEN", "HIGH", "LOW", "VWAP"):
+        fields.append(f"${f.lower()}/$close")
+        names.append(f"{f}0")
+    w = WINDOWS
+    rolling: list[tuple[str, str]] = [
+        ("ROC", "Ref($close, %d)/$close"),
+        ("MA", "Mean($close, %d)/$close"),
+        ("STD", "Std($close, %d)/$close"),
+        ("BETA", "Slope($close, %d)/$close"),
+        ("RSQR", "Rsquare($close, %d)"),
+        ("RESI", "Resi($close, %d)/$close"),
+        ("MAX", "Max($high, %d)/$close"),
+        ("MIN", "Min($low, %d)/$close"),
+        ("QTLU", "Quantile($close, %d, 0.8)/$close"),
+        ("QTLD", "Quantile($close, %d, 0.2)/$close"),
+        ("RANK", "Rank($close, %d)"),
+        ("RSV", "($close-Min($low, {d}))/(Max($high, {d})-Min($low, {d})+1e-12)"),
+        ("IMAX", "IdxMax($high, %d)/%d"),
+        ("IMIN", "IdxMin($low, %d)/%d"),
+        ("IMXD", "(IdxMax($high, {d})-IdxMin($low, {d}))/{d}"),
+        ("CORR", "Corr($close, Log($volume+1), %d)"),
+        ("CORD", "Corr($close/Ref($close,1), Log($volume/Ref($volume, 1)+1), %d)"),
+        ("CNTP", "Mean($close>Ref($close, 1), %d)"),
+        ("CNTN", "Mean($close<Ref($close, 1), %d)"),
+        ("CNTD", "Mean($close>Ref($close, 1), {d})-Mean($close<Ref($close, 1), {d})"),
+        (
+            "SUMP",
+            "Sum(Greater($close-Ref($close, 1), 0), {d})/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)",
+        ),
+        (
+            "SUMN",
+            "Sum(Greater(Ref($close, 1)-$close, 0), {d})/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)",
+        ),
+        (
+            "SUMD",
+            "(Sum(Greater($close-Ref($close, 1), 0), {d})-Sum(Greater(Ref($close, 1)-$close, 0), {d}))"
+            "/(Sum(Abs($close-Ref($close, 1)), {d})+1e-12)",
+        ),
+        ("VMA", "Mean($volume, %d)/($volume+1e-12)"),
+        ("VSTD", "Std($volume, %d)/($volume+1e-12)"),
+        (
+            "WVMA",
+            "Std(Abs($close/Ref($close, 1)-1)*$volume, {d})"
+            "/(Mean(Abs($close/Ref($close, 1)-1)*$volume, {d})+1e-12)",
+        ),
+        (
+            "VSUMP",
+            "Sum(Greater($volume-Ref($volume, 1), 0), {d})/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)",
+        ),
+        (
+            "VSUMN",
+            "Sum(Greater(Ref($volume, 1)-$volume, 0), {d})/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)",
+        ),
+        (
+            "VSUMD",
+            "(Sum(Greater($volume-Ref($volume, 1), 0), {d})-Sum(Greater(Ref($volume, 1)-$volume, 0), {d}))"
+            "/(Sum(Abs($volume-Ref($volume, 1)), {d})+1e-12)",
+        ),
+    ]
+    for name, tpl in rolling:
+        for d in w:
+            if "{d}" in tpl:
+                fields.append(tpl.format(d=d))
+            else:
+                fields.append(tpl % ((d,) * tpl.count("%d")))
+            names.append(f"{name}{d}")
+    return fields, names
+
+
+ALPHA158_EXPRESSIONS, ALPHA158_NAMES = _feature_config()
+ALPHA158_NAMES: list[str]
+ALPHA158_EXPRESSIONS: list[str]
+
+
+@dataclass
+class DenseGrid:
+    """A panel as dense float32 arrays: one (day, instrument) array per field."""
+
+    calendar: pd.DatetimeIndex
+    instruments: np.ndarray
+    fields: dict[str, np.ndarray]
+    grid: ops.Grid
+
+    def index(self) -> pd.MultiIndex:
+        """(datetime, instrument) of every listed cell, sorted."""
+        day_idx, inst_idx = np.nonzero(self.grid.inside)
+        return pd.MultiIndex(
+            levels=[self.calendar, pd.Index(self.instruments, dtype=object)],
+            codes=[day_idx, inst_idx],
+            names=["datetime", "instrument"],
+            verify_integrity=False,
+        )
+
+
+def _sorted_level(index: pd.MultiIndex, level: int) -> tuple[pd.Index, np.ndarray]:
+    lev = index.levels[level]
+    codes = np.asarray(index.codes[level], dtype=np.int64)
+    if not lev.is_monotonic_increasing:
+        order = np.argsort(lev.values, kind="stable")
+        remap = np.empty(len(order), dtype=np.int64)
+        remap[order] = np.arange(len(order))
+        lev = lev[order]
+        codes = remap[codes]
+    return lev, codes
+
+
+def to_dense(panel: pd.DataFrame) -> DenseGrid:
+    """Lay a (datetime, instrument) panel out as (day, instrument) float32 arrays.
+
+    The calendar is the sorted union of the panel's dates; each instrument's listing span
+    runs from its first to its last row, and every day in between is a row (NaN when the
+    panel has no value there: a halted day).
+    """
+    if not isinstance(panel, pd.DataFrame) or not isinstance(panel.index, pd.MultiIndex):
+        raise DataError("expected a DataFrame indexed by (datetime, instrument)")
+    if panel.index.nlevels != 2:
+        raise DataError("expected a two-level (datetime, instrument) index")
+    if list(panel.index.names) == ["instrument", "datetime"]:
+        panel = panel.swaplevel().sort_index()
+    idx = panel.index.remove_unused_levels()
+    cal, day_codes = _sorted_level(idx, 0)
+    inst, inst_codes = _sorted_level(idx, 1)
+    try:
+        calendar = pd.DatetimeIndex(cal)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"the panel's first index level must hold dates: {e}") from None
+    t, n = len(calendar), len(inst)
+    flat = day_codes * n + inst_codes
+    present = np.zeros(t * n, dtype=bool)
+    present[flat] = True
+    if int(present.sum()) != len(flat):
+        raise DataError("the panel has duplicate (datetime, instrument) rows")
+    grid = ops.Grid.from_present(present.reshape(t, n))
+    cols = {str(c).lstrip("$").lower(): c for c in panel.columns}
+    fields = {}
+    for name, c in cols.items():
+        if name in FIELDS or pd.api.types.is_numeric_dtype(panel[c]):
+            arr = np.full(t * n, np.nan, dtype=np.float32)
+            arr[flat] = panel[c].to_numpy(dtype=np.float32, na_value=np.nan)
+            fields[name] = arr.reshape(t, n)
+    for f in FIELDS:
+        if f not in fields:
+            if f != "vwap":
+                raise DataError(f"the panel has no {f!r} column (columns: {list(panel.columns)})")
+            fields[f] = np.full((t, n), np.nan, dtype=np.float32)
+    return DenseGrid(
+        calendar=calendar, instruments=np.asarray(inst, dtype=object), fields=fields, grid=grid
+    )
+
+
+def evaluate(dense: DenseGrid, expressions: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
+    """Evaluate Qlib expressions on a dense grid into a float32 DataFrame."""
+    if len(expressions) != len(names):
+        raise ConfigError(
+            f"got {len(expressions)} expressions but {len(names)} names", "expressions"
+        )
+    roots = [ex.parse(e, f"expressions[{i}]") for i, e in enumerate(expressions)]
+    inside = dense.grid.inside
+    out = np.empty((len(roots), int(inside.sum())), dtype=np.float32)
+
+    def sink(i: int, value) -> None:
+        if isinstance(value, np.ndarray):
+            out[i] = value[inside]
+        else:
+            out[i] = np.float32(value)
+
+    ex.Evaluator(dense.fields, dense.grid).evaluate_many(roots, sink)
+    return pd.DataFrame(out.T, index=dense.index(), columns=list(names), copy=False)
+
+
+def compute_alpha158(panel: pd.DataFrame | DenseGrid) -> pd.DataFrame:
+    """The 158 Alpha158 features (float32, Qlib's names and order)."""
+    dense = panel if isinstance(panel, DenseGrid) else to_dense(panel)
+    return evaluate(dense, ALPHA158_EXPRESSIONS, ALPHA158_NAMES)
+
+
+def label_config(label=None, horizon: int | None = None) -> tuple[list[str], list[str]]:
+    """Normalise a label spec to (expressions, names).
+
+    Accepts ``None`` (Qlib's default, or ``horizon`` h: ``Ref($close, -(h+1))/Ref($close,
+    -1) - 1``), one expression string, or Qlib's ``(["expr", ...], ["NAME", ...])`` pair.
+    Labels must look into the future only through ``Ref`` of the stored fields.
+    """
+    if label is None:
+        if horizon is None:
+            return [DEFAULT_LABEL_EXPR], [DEFAULT_LABEL_NAME]
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+            raise ConfigError(f"expected a positive integer horizon, got {horizon!r}", "label.horizon")
+        return [f"Ref($close, -{int(horizon) + 1})/Ref($close, -1) - 1"], [DEFAULT_LABEL_NAME]
+    if isinstance(label, str):
+        exprs, names = [label], [DEFAULT_LABEL_NAME]
+    elif (
+        isinstance(label, (list, tuple))
+        and len(label) == 2
+        and isinstance(label[0], (list, tuple))
+        and isinstance(label[1], (list, tuple))
+    ):
+        exprs, names = [str(e) for e in label[0]], [str(n) for n in label[1]]
+    else:
+        raise ConfigError(
+            'expected a label expression or (["Ref($close, -2)/Ref($close, -1) - 1"], ["LABEL0"]), '
+            f"got {label!r}",
+            "label",
+        )
+    if not exprs or len(exprs) != len(names):
+        raise ConfigError("label expressions and names must be non-empty and of equal length", "label")
+    for i, e in enumerate(exprs):
+        ex.parse(e, f"label[0][{i}]")
+    return exprs, names
+
+
+def compute_label(panel: pd.DataFrame | DenseGrid, horizon: int | None = None, label=None) -> pd.DataFrame:
+    """The label column(s), LABEL0 = ``Ref($close,-2)/Ref($close,-1)-1`` by default."""
+    exprs, names = label_config(label, horizon)
+    dense = panel if isinstance(panel, DenseGrid) else to_dense(panel)
+    return evaluate(dense, exprs, names)
+
+
+def compute_features_and_label(
+    panel: pd.DataFrame | DenseGrid, label=None, horizon: int | None = None
+) -> pd.DataFrame:
+    """Alpha158 + label in one pass (shared sub-expressions, one output buffer)."""
+    exprs, names = label_config(label, horizon)
+    dense = panel if isinstance(panel, DenseGrid) else to_dense(panel)
+    return evaluate(dense, ALPHA158_EXPRESSIONS + exprs, ALPHA158_NAMES + names)
