@@ -175,13 +175,13 @@ class QlibBinSource(DataSource):
         if not np.isfinite(start) or start != int(start) or start < 0:
             raise DataError(f"{f}: corrupt header, start index {start} is not a calendar position")
         start_i = int(start)
-        if n and start_i + n > ncal:
+        if start_i >= ncal:
+            raise DataError(f"{f}: start index {start_i} is out of range (calendar has {ncal} days)")
+        if start_i + n > ncal:
             raise DataError(
                 f"{f}: start index {start_i} with {n} values runs past the calendar "
                 f"({ncal} days in calendars/{self.freq}.txt)"
             )
-        if start_i >= ncal:
-            raise DataError(f"{f}: start index {start_i} is out of range (calendar has {ncal} days)")
         return start_i, n
 
     def _read(self, plan: Plan, fields: list[str]) -> dict[str, np.ndarray]:
