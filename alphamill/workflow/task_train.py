@@ -76,11 +76,15 @@ def _check_task(task_config: Any) -> dict[str, Any]:
 
 
 def _task_json(task_config: Mapping[str, Any]) -> str:
+    """The task in its canonical JSON form (dates as ISO strings, tuples as lists)."""
+    from alphamill.canonical import canonicalize
+    from alphamill.errors import CanonicalError
+
     try:
-        return json.dumps(task_config, indent=1, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as e:
+        return json.dumps(canonicalize(dict(task_config)), indent=1, sort_keys=True)
+    except CanonicalError as e:
         raise ConfigError(
-            f"the task must be JSON-compatible to be recorded and re-run ({e})", "task"
+            f"the task must be JSON-compatible to be recorded and re-run ({e})", e.path
         ) from None
 
 
@@ -104,7 +108,7 @@ def _log_task_info(rec: Any, task_config: Mapping[str, Any], stage: str) -> None
     from alphamill.workflow.recorder import R
 
     text = _task_json(task_config)
-    R.log_params(**flatten_dict(task_config))
+    R.log_params(**flatten_dict(json.loads(text)))
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / TASK_ARTIFACT
         file.write_text(text)

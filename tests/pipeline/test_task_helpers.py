@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+
+import pandas as pd
 import pytest
 
 from alphamill.errors import ConfigError
@@ -33,6 +37,9 @@ def test_check_task_and_json():
         _task_json({"model": {"kwargs": {"x": object()}}, "dataset": {}})
     with pytest.raises(ConfigError, match="JSON-compatible"):
         _task_json({"model": {"kwargs": {"x": float("nan")}}, "dataset": {}})
+    seg = (pd.Timestamp("2010-01-01"), dt.date(2010, 12, 31))
+    text = _task_json({"model": {}, "dataset": {"kwargs": {"segments": {"train": seg}}}})
+    assert json.loads(text)["dataset"]["kwargs"]["segments"]["train"] == ["2010-01-01", "2010-12-31"]
 
 
 def test_recorder_ref_forms():
