@@ -7,7 +7,8 @@ however it was built: in any key order, in any process, with tuples or lists, wi
 * mappings: keys must be ``str`` (an int key would silently turn into a string in
   JSON and collide); output keys are sorted;
 * tuples, lists and numpy arrays become lists;
-* ``None``, ``bool`` and ``str`` stay as they are (``numpy.bool_`` becomes ``bool``);
+* ``None``, ``bool`` and ``str`` stay as they are (``numpy.bool_`` becomes ``bool``); a
+  string is never parsed, so ``"2020-01-02 00:00:00"`` and ``"2020-01-02"`` differ;
 * ints stay ints (numpy integers become ``int``); floats stay floats, so ``1`` and
   ``1.0`` are *different* values (a model may treat them differently). ``-0.0`` becomes
   ``0.0``; numpy floats narrower than 64 bits take their shortest decimal form

@@ -304,7 +304,9 @@ class RollingGen(TaskGen):
     (``ROLL_EX``, expanding: the train segment grows). Windows continue until the test
     windows together cover the requested test span exactly: from the template's test start
     to ``test_end`` if given, else to the template's test end, where ``None`` means the
-    last calendar date. The last window is clipped to that end.
+    last calendar date (an end past the calendar is cut there too). The last window is
+    clipped to that end. Regenerating after the calendar grows keeps every earlier
+    window's task (and hash) unchanged except the last, clipped one.
 
     ``trunc_days=d`` caps every bound of the non-test segments at ``d`` trading days before
     the test start, so labels that look ``d - 1`` days ahead cannot reach into the test
@@ -443,7 +445,6 @@ class RollingGen(TaskGen):
                 "segments": copy.deepcopy(segments),
                 "step": self.step,
                 "rtype": self.rtype,
-                "test_end": ta.iso(end),
             }
             t["meta"] = meta
             res.append(t)

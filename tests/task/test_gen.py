@@ -104,8 +104,10 @@ def test_roll_ex_hand_computed_and_last_window_clipped():
         assert fillna == {"class": "Fillna", "kwargs": {"fields_group": "feature"}}
     assert [t["meta"]["rolling"]["index"] for t in tasks] == [0, 1, 2]
     assert tasks[1]["meta"]["rolling"] == {
-        "index": 1, "segments": segs(tasks[1]), "step": 4, "rtype": "expanding",
-        "test_end": "2020-01-31",
+        "index": 1,
+        "segments": segs(tasks[1]),
+        "step": 4,
+        "rtype": "expanding",
     }  # fmt: skip
     json.dumps(tasks)  # plain JSON
 
@@ -156,7 +158,10 @@ def test_open_ended_test_runs_to_the_calendar_end():
         ["2020-01-16", "2020-01-23"], ["2020-01-24", "2020-01-30"],
         ["2020-01-31", "2020-02-06"], ["2020-02-07", "2020-02-07"],
     ]  # fmt: skip
-    assert tasks[-1]["meta"]["rolling"]["test_end"] == "2020-02-07"
+    # a longer calendar adds windows; earlier tasks (and their hashes) stay the same
+    longer = RollingGen(step=5, calendar=CAL + ["2020-02-10", "2020-02-11"]).generate(task)
+    assert [canonical_json(t) for t in longer[:3]] == [canonical_json(t) for t in tasks[:3]]
+    assert [segs(t)["test"] for t in longer[3:]] == [["2020-02-07", "2020-02-11"]]
 
 
 def test_test_end_argument_and_single_short_window():
@@ -377,7 +382,8 @@ def test_task_generator_chains_cartesian_and_merges_meta():
     metas = [t["meta"] for t in tasks]
     assert set(metas[0]) == {"grid", "horizon", "rolling"}
     assert metas[0]["grid"] == {"model.kwargs.loss": "mse", "model.kwargs.seed": 1}
-    assert len({canonical_json(t) for t in tasks}) == len(tasks)
+    # the first window of both templates is the same task (same segments): the pool dedupes it
+    assert len({canonical_json(t) for t in tasks}) == (3 + 2 - 1) * 2 * 2
     # one task and one generator, no list needed; __call__ is generate
     assert task_generator(make_task(), GridGen({"a": [1, 2]})) == GridGen({"a": [1, 2]})(
         make_task()
