@@ -520,7 +520,7 @@ class PostgresBackend(Backend):
             "metadata, status, created_at) "
             f"SELECT %s, u.d::jsonb, u.h, u.p, u.m, u.md::jsonb, 'waiting', n.t "
             f"FROM (SELECT {_NOW} AS t) n, "
-            "unnest(%s::text[], %s::text[], %s::int[], %s::int[], %s::text[]) "
+            "unnest(%b::text[], %b::text[], %b::int[], %b::int[], %b::text[]) "
             "WITH ORDINALITY AS u(d, h, p, m, md, o) ORDER BY u.o "
             "ON CONFLICT (pool, hash) DO NOTHING RETURNING hash"
         )
@@ -538,7 +538,7 @@ class PostgresBackend(Backend):
                     for s in range(0, len(hashes), 50_000):
                         cur = conn.execute(
                             f"SELECT hash, id FROM {self._tasks} WHERE pool = %s "
-                            "AND hash = ANY(%s::text[])",
+                            "AND hash = ANY(%b::text[])",
                             (pool, hashes[s : s + 50_000]),
                         )
                         ids.update(cur)
