@@ -49,6 +49,7 @@ LATE_LISTING_SHARE = 0.15
 EARLY_DELISTING_SHARE = 0.08
 HALTS_PER_YEAR = 0.2
 MIN_LISTED_DAYS = 260
+VOL_CAP = 3.0  # conditional volatility stays below 3x its long-run level
 
 # Planted predictability: transient mispricing (AR(1) in log price) and its volume signature.
 MISPRICING_PHI = 0.8
@@ -82,16 +83,21 @@ def _check_args(n: int, start: str, end: str, seed: int) -> tuple[pd.DatetimeInd
 
 def _garch(rng: np.random.Generator, T: int, sigma: np.ndarray, a: np.ndarray, b: np.ndarray,
            df: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """GARCH(1,1) shocks (T x k) with long-run std ``sigma`` and unit-variance t innovations."""
+    """GARCH(1,1) shocks (T x k) with long-run std ``sigma`` and unit-variance t innovations.
+
+    The conditional variance is capped at ``VOL_CAP`` squared times its long-run level so that a run
+    of extreme t draws cannot send one instrument into an explosive episode.
+    """
     k = sigma.shape[0]
     z = rng.standard_t(df, size=(T, k)) / np.sqrt(df / (df - 2.0))
     omega = sigma**2 * (1.0 - a - b)
+    cap = (VOL_CAP * sigma) ** 2
     h = sigma**2
     eps = np.empty((T, k))
     vol = np.empty((T, k))
     prev = np.zeros(k)
     for t in range(T):
-        h = omega + a * prev * prev + b * h
+        h = np.minimum(omega + a * prev * prev + b * h, cap)
         vol[t] = np.sqrt(h)
         prev = vol[t] * z[t]
         eps[t] = prev
@@ -119,11 +125,15 @@ def simulate(n: int = 300, start: str = "2010-01-01", end: str = "2020-12-31", s
 
     # factor and idiosyncratic shocks, all GARCH(1,1) with t(5) innovations
     sig = np.concatenate([[0.011], np.full(N_SECTORS, 0.007), rng.uniform(0.012, 0.026, n)])
-    ga = np.concatenate([[0.09], np.full(N_SECTORS, 0.07), rng.uniform(0.05, 0.10, n)])
-    gb = np.concatenate([[0.89], np.full(N_SECTORS, 0.90), rng.uniform(0.86, 0.92, n)])
+    ga = np.concatenate([[0.08], np.full(N_SECTORS, 0.06), rng.uniform(0.04, 0.07, n)])
+    gb = np.concatenate([[0.90], np.full(N_SECTORS, 0.91), rng.uniform(0.90, 0.935, n)])
     gb = np.minimum(gb, 0.985 - ga)
     eps, vol = _garch(rng, T, sig, ga, gb)
     mkt, sec, idio = eps[:, 0], eps[:, 1 : 1 + N_SECTORS], eps[:, 1 + N_SECTORS :]
+    # market-wide volatility regimes also move idiosyncratic volatility (volatility co-moves)
+    regime = (vol[:, :1] / sig[0]) ** 0.7
+    idio = idio * regime
+    vol[:, 1 + N_SECTORS :] *= regime
     beta = np.clip(rng.normal(1.0, 0.25, n), 0.3, 1.8)
     load = np.clip(rng.normal(1.0, 0.3, n), 0.2, 1.8)
     mu = rng.normal(0.0002, 0.0002, n)
