@@ -184,7 +184,9 @@ class DataSource(ABC):
         pos = np.concatenate(pos_parts) if pos_parts else np.empty(0, np.int64)
         codes = np.concatenate(code_parts) if code_parts else np.empty(0, np.int64)
         values = self._read({s: plan[s] for s in syms}, names)
-        order = np.lexsort((codes, pos))
+        # rows are concatenated by instrument code, then position: a stable sort on the
+        # position alone yields the (datetime, instrument) order
+        order = np.argsort(pos, kind="stable")
         index = pd.MultiIndex(
             levels=[cal, pd.Index(syms, dtype="str", name="instrument")],
             codes=[pos[order], codes[order]],

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from alphamill.errors import ConfigError, DataError
@@ -140,7 +141,7 @@ def resolve_universe(source: DataSource, instruments: Any = "all") -> dict[str, 
                 f"universe {spec!r} is neither 'all', a market of {source.path} "
                 f"(instruments/<market>.txt), an instruments file nor a symbol"
             )
-    elif isinstance(instruments, (list, tuple, set, frozenset, pd.Index)):
+    elif isinstance(instruments, (list, tuple, set, frozenset, pd.Index, np.ndarray)):
         out = _from_symbols(source, sorted(instruments, key=str), "instruments")
     else:
         raise ConfigError(
