@@ -139,10 +139,13 @@ def _sum_count(y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def window_count(ok: np.ndarray, window: int) -> np.ndarray:
-    """Number of True cells in every window."""
-    bl = _Blocks(ok.shape[0], window)
-    c_old, c_new = bl.sums(bl.pad(ok.astype(np.float64), 0.0))
-    return c_old + c_new
+    """Number of True cells in every window (exact integer cumulative sums)."""
+    cs = np.empty((ok.shape[0] + 1,) + ok.shape[1:], dtype=np.int32)
+    cs[0] = 0
+    np.cumsum(ok, axis=0, dtype=np.int32, out=cs[1:])
+    out = cs[1:].astype(np.float64)
+    out[window:] -= cs[1 : len(cs) - window]
+    return out
 
 
 def _moments(values: list[np.ndarray], ok: np.ndarray, window: int):
@@ -494,50 +497,47 @@ class RegressionSums:
 def regression_sums(x: np.ndarray, windows: list[int]) -> dict[int, RegressionSums]:
     """Replay Qlib's running-sum regression (alpha158.md §5.12) for several windows.
 
-    Y = Σy, Q = Σy² and P = Σx·y are updated in Qlib's order, in float64, so
-    ill-conditioned windows round exactly as Qlib does; the loop runs over days and each
-    step is vectorised over instruments and windows. The count m and the position sums
-    A = Σx, B = Σx² are integers (exact in float64), so they come from window counts.
+    Y = Σy, Q = Σy² and P = Σx·y get Qlib's update sequence, in float64, so
+    ill-conditioned windows round exactly as Qlib does. The count m and the position
+    sums A = Σx, B = Σx² are integers, so they come from exact integer window sums.
     """
     xs = np.asarray(x, dtype=np.float64)
     t, n = xs.shape
     valid = ~np.isnan(xs)
-    maxw = max(windows)
-    k = len(windows)
-    # zero rows in front stand for values popped before the first day
-    x0 = np.zeros((t + maxw, n))
-    x0[maxw:] = np.where(valid, xs, 0.0)
-    ws = np.asarray(windows, dtype=np.float64)[:, None]
-    pop_rows = maxw - np.asarray(windows, dtype=np.intp)
-    y = np.zeros((k, n))
-    q = np.zeros((k, n))
-    p = np.zeros((k, n))
-    ys = np.empty((k, t, n))
-    qs = np.empty((k, t, n))
-    ps = np.empty((k, t, n))
-    for i in range(t):
-        p -= y  # age every point by one slot (the oldest moves to slot 0)
-        u = x0[pop_rows + i]  # the value leaving each window (0 if none or NaN)
-        y -= u
-        q -= u * u
-        v = x0[maxw + i]  # today's value (0 if NaN: adds nothing)
-        y += v
-        q += v * v
-        p += ws * v
-        ys[:, i] = y
-        qs[:, i] = q
-        ps[:, i] = p
-    validf = valid.astype(np.float64)
-    rows = np.arange(t, dtype=np.float64)[:, None]
+    v = np.where(valid, xs, 0.0)  # a NaN adds nothing
+    ys, qs, ps = [], [], []
+    for win in windows:
+        # the value leaving the window at each step (0 if none or NaN)
+        u = np.zeros_like(v)
+        u[win:] = v[:-win]
+        # Qlib's per-step updates Y <- (Y - u) + v, Q <- (Q - u*u) + v*v and
+        # P <- (P - Y_prev) + N*v are sequential sums over the interleaved steps, so a
+        # cumulative sum over [-u_0, v_0, -u_1, v_1, ...] rounds exactly as they do.
+        inter = np.empty((2 * t, n))
+        inter[0::2] = -u
+        inter[1::2] = v
+        y = np.cumsum(inter, axis=0)[1::2]
+        inter[0::2] = -(u * u)
+        inter[1::2] = v * v
+        q = np.cumsum(inter, axis=0)[1::2]
+        inter[0, :] = 0.0
+        inter[2::2] = -y[:-1]
+        inter[1::2] = win * v
+        p = np.cumsum(inter, axis=0)[1::2]
+        ys.append(y)
+        qs.append(q)
+        ps.append(p)
+    rows = np.arange(t, dtype=np.int64)[:, None]
+    j1 = np.cumsum(np.where(valid, rows, 0), axis=0)
+    j2 = np.cumsum(np.where(valid, rows * rows, 0), axis=0)
     res = {}
     for w, win in enumerate(windows):
         cnt = window_count(valid, win)
-        bl = _Blocks(t, win)
-        s_old, s_new = bl.sums(bl.pad(validf * rows, 0.0))
-        sj = s_old + s_new
-        s_old, s_new = bl.sums(bl.pad(validf * rows * rows, 0.0))
-        sjj = s_old + s_new
-        off = win - rows  # day j sits in slot j + (win - t) of day t's window
+        sj = j1.astype(np.float64)
+        sj[win:] -= j1[:-win]
+        sjj = j2.astype(np.float64)
+        sjj[win:] -= j2[:-win]
+        off = (win - rows).astype(np.float64)  # day j sits in slot j + (win - t) on day t
         a = off * cnt + sj
         b = off * off * cnt + 2.0 * off * sj + sjj
         res[win] = RegressionSums(n=cnt, a=a, b=b, y=ys[w], q=qs[w], p=ps[w], window=win)
