@@ -107,12 +107,9 @@ def recorder_ref(rec: Any) -> dict[str, str]:
 def _log_task_info(rec: Any, task_config: Mapping[str, Any], stage: str) -> None:
     from alphamill.workflow.recorder import R
 
-    text = _task_json(task_config)
-    R.log_params(**flatten_dict(json.loads(text)))
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / TASK_ARTIFACT
-        file.write_text(text)
-        R.save_objects(local_path=str(file))
+    canonical = json.loads(_task_json(task_config))
+    R.log_params(**flatten_dict(canonical))
+    R.save_objects(**{TASK_ARTIFACT: canonical})
     tags = {
         "hostname": socket.gethostname(),
         "alphamill.task_hash": _task_hash(task_config),
