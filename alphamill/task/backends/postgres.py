@@ -85,6 +85,7 @@ _NEG_INDEX_RE = re.compile(r"^-\d+$")
 _NUL_RE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 _MAX_BIGINT = 2**63 - 1
 _INSERT_CHUNK = 5000
+_SELECT_CHUNK = 50_000
 
 #: Columns read into a TaskRecord, in TaskRecord's field order.
 _COLUMNS: tuple[str, ...] = (
@@ -498,61 +499,63 @@ class PostgresBackend(Backend):
         tasks = list(tasks)
         if not tasks:
             return []
+        # Validate and encode the whole batch first: a bad task stores nothing.
         first: dict[str, int] = {}  # hash -> index of its first occurrence in the batch
-        rows: list[tuple[str, str, int, int, str]] = []
+        rows: dict[str, tuple[str, int, int, str]] = {}
         for i, t in enumerate(tasks):
             check_new_task(t, i)
-            if t.hash in first:
-                continue
-            first[t.hash] = i
-            rows.append(
-                (
-                    _dumps(t.definition, f"tasks[{i}].definition"),
-                    t.hash,
-                    int(t.priority),
-                    int(t.max_attempts),
-                    _dumps(t.metadata, f"tasks[{i}].metadata"),
-                )
-            )
+            definition = _dumps(t.definition, f"tasks[{i}].definition")
+            metadata = _dumps(t.metadata, f"tasks[{i}].metadata")
+            if t.hash not in first:
+                first[t.hash] = i
+                rows[t.hash] = (definition, t.priority, t.max_attempts, metadata)
         hashes = list(first)
+        select = f"SELECT hash, id FROM {self._tasks} WHERE pool = %s AND hash = ANY(%b::text[])"
         insert = (
             f"INSERT INTO {self._tasks} (pool, definition, hash, priority, max_attempts, "
             "metadata, status, created_at) "
-            f"SELECT %s, u.d::jsonb, u.h, u.p, u.m, u.md::jsonb, 'waiting', n.t "
+            "SELECT %s, u.d::jsonb, u.h, u.p, u.m, u.md::jsonb, 'waiting', n.t "
             f"FROM (SELECT {_NOW} AS t) n, "
             "unnest(%b::text[], %b::text[], %b::int[], %b::int[], %b::text[]) "
             "WITH ORDINALITY AS u(d, h, p, m, md, o) ORDER BY u.o "
-            "ON CONFLICT (pool, hash) DO NOTHING RETURNING hash"
+            "ON CONFLICT (pool, hash) DO NOTHING RETURNING hash, id"
         )
 
-        def op(conn: psycopg.Connection, retry: bool) -> tuple[set[str], dict[str, int]]:
-            created: set[str] = set()
+        def op(conn: psycopg.Connection, retry: bool) -> tuple[dict[str, int], dict[str, int]]:
             ids: dict[str, int] = {}
+            created: dict[str, int] = {}
             try:
+                # Known hashes cost one indexed lookup and no payload; only new ones are sent.
+                for s in range(0, len(hashes), _SELECT_CHUNK):
+                    ids.update(conn.execute(select, (pool, hashes[s : s + _SELECT_CHUNK])))
+                new = [h for h in hashes if h not in ids]
                 with conn.transaction():
-                    for s in range(0, len(rows), _INSERT_CHUNK):
-                        chunk = rows[s : s + _INSERT_CHUNK]
-                        cols = list(zip(*chunk, strict=True))
-                        cur = conn.execute(insert, (pool, *[list(c) for c in cols]))
-                        created.update(r[0] for r in cur)
-                    for s in range(0, len(hashes), 50_000):
-                        cur = conn.execute(
-                            f"SELECT hash, id FROM {self._tasks} WHERE pool = %s "
-                            "AND hash = ANY(%b::text[])",
-                            (pool, hashes[s : s + 50_000]),
-                        )
-                        ids.update(cur)
+                    conn.execute(
+                        f"INSERT INTO {self._pools} (name, codec, created_at) "
+                        f"VALUES (%s, 'json', {_NOW}) ON CONFLICT (name) DO NOTHING",
+                        (pool,),
+                    )
+                    for s in range(0, len(new), _INSERT_CHUNK):
+                        chunk = new[s : s + _INSERT_CHUNK]
+                        defs, prios, maxes, metas = zip(*(rows[h] for h in chunk), strict=True)
+                        params = (pool, list(defs), chunk, list(prios), list(maxes), list(metas))
+                        created.update(conn.execute(insert, params))
+                    # Hashes inserted meanwhile by a concurrent batch (ON CONFLICT skipped them).
+                    raced = [h for h in new if h not in created]
+                    for s in range(0, len(raced), _SELECT_CHUNK):
+                        ids.update(conn.execute(select, (pool, raced[s : s + _SELECT_CHUNK])))
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as e:
                 raise PoolError(
                     f"task_pool {pool!r}: cannot store tasks: {str(e).strip()}"
                 ) from None
+            ids.update(created)
             return created, ids
 
         created, ids = self._run(op)
-        out = []
-        for i, t in enumerate(tasks):
-            out.append(InsertResult(str(ids[t.hash]), t.hash in created and first[t.hash] == i))
-        return out
+        return [
+            InsertResult(str(ids[t.hash]), t.hash in created and first[t.hash] == i)
+            for i, t in enumerate(tasks)
+        ]
 
     def replace_definition(self, pool: str, task_id: str, definition: Any, hash: str) -> bool:
         validate_pool_name(pool)
