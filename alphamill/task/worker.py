@@ -38,7 +38,7 @@ from alphamill.task.status import CLAIMABLE, COMMITTABLE, DONE, RUNNING, WAITING
 
 logger = logging.getLogger("alphamill.worker")
 
-DEFAULT_FUNC = "alphamill.workflow.task_train:task_train"
+DEFAULT_FUNC = "alphamill.trainer:pool_train"
 DEFAULT_GRACE = 30.0
 
 

@@ -1,0 +1,183 @@
+"""Rolling-experiment benchmark: the flagship experiment with 1 and 2 worker processes.
+
+The experiment (``alphamill.workflow.experiment.flagship_config``, = ``examples/rolling.yaml``):
+the 300-instrument demo market over 2010-2020, Alpha158 with its default label and
+processors, LightGBM with Qlib's benchmark hyper-parameters, first window train
+2010-01-01..2014-12-31 / valid 2015 / test from 2016-01-01, rolled with
+``RollingGen(step=250, rtype=ROLL_SD)`` through 2020-12-31 (6 windows), SignalRecord,
+SigAnaRecord and PortAnaRecord (topk 50, n_drop 5) per window, then collection,
+RollingEnsemble, the merged IC and the merged signal's backtest.
+
+Each configuration runs in its own Python process (so peak-memory figures are its own) with a
+fresh alphamill home: empty pool, empty experiment store and an empty feature cache, so the
+wall time includes computing Alpha158 once. Reported per configuration:
+
+* ``wall_seconds``: from the start of ``run_experiment`` to the collected results (process
+  start-up and imports not included; they are listed as ``startup_seconds``);
+* ``features_seconds``: Alpha158 computed once into the cache before the workers start;
+* ``prepare_seconds``: summed over windows, building each window's dataset from the cache
+  (read, slice, processors);
+* ``lgb_seconds``: summed over windows, the time inside ``lightgbm.train``;
+* ``records_seconds``: summed over windows, SignalRecord + SigAnaRecord + PortAnaRecord;
+* ``collect_seconds``: collection, merge, IC tables and the merged backtest;
+* ``outside_lgb_share`` = 1 - (lgb_seconds / workers) / wall_seconds: the share of the wall
+  time not spent inside ``lightgbm.train`` (for 2 workers the LightGBM time is divided by 2,
+  as it runs in both processes at once);
+* ``peak_rss_mb``: the largest resident set of any process of the run (the orchestrating
+  process and each worker), from ``getrusage``.
+
+    .venv/bin/python benchmarks/rolling_bench.py              # 1 and 2 workers
+    .venv/bin/python benchmarks/rolling_bench.py --workers 2  # one configuration
+
+Writes ``benchmarks/results/rolling_bench.json``. Reference (issue 4): Qlib 0.9.7 with TrainerR
+took 485 s on this machine (114 s in ``lightgbm.train``, 251 s recomputing Alpha158, 55 s in
+backtests, peak 3.0 GB). Goals: < 130 s with 2 workers; outside ``lightgbm.train`` < 15 % of
+the wall time; peak < 1.5 GB per process; 2 workers >= 1.6x faster than 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "rolling_bench.json"
+GOAL_WALL_2 = 130.0
+GOAL_OUTSIDE = 0.15
+GOAL_PEAK_MB = 1536.0
+GOAL_SPEEDUP = 1.6
+QLIB = {"wall_seconds": 485.0, "lgb_seconds": 114.0, "features_seconds": 251.0, "backtest_seconds": 55.0,
+        "peak_rss_mb": 3072.0}
+
+
+def _rss_mb(usage: Any) -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    scale = 1.0 if sys.platform == "darwin" else 1024.0
+    return usage.ru_maxrss * scale / 2**20
+
+
+def one(workers: int, data: str) -> dict[str, Any]:
+    """Run the flagship experiment once in this process (called in a fresh interpreter)."""
+    t_start = time.perf_counter()
+    sys.path.insert(0, str(ROOT))
+    from alphamill.workflow.experiment import flagship_config, parse_config, run_experiment
+
+    startup = time.perf_counter() - t_start
+    raw = flagship_config()
+    raw["workers"] = workers
+    raw["experiment"] = f"rolling_bench_{workers}w"
+    cfg = parse_config(raw, source="rolling_bench")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    results = run_experiment(cfg, progress=False, timings=timings, echo=lambda s: print(s, file=sys.stderr))
+    wall = time.perf_counter() - t0
+    from alphamill.workflow.recorder import R
+
+    sums = {"prepare": 0.0, "fit": 0.0, "lgb": 0.0, "records": 0.0}
+    for run_id in results.run_ids.values():
+        m = R.get_recorder(recorder_id=run_id).list_metrics()
+        sums["prepare"] += m.get("timing.prepare_seconds", 0.0)
+        sums["fit"] += m.get("timing.fit_seconds", 0.0)
+        sums["lgb"] += m.get("timing.model_fit_seconds", 0.0)
+        sums["records"] += m.get("timing.records_seconds", 0.0)
+    summary = results.summary
+    head = summary.loc[results.headline]
+    peak = max(_rss_mb(resource.getrusage(resource.RUSAGE_SELF)),
+               _rss_mb(resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return {
+        "workers": workers,
+        "windows": len(results.preds),
+        "startup_seconds": round(startup, 2),
+        "wall_seconds": round(wall, 2),
+        "features_seconds": round(timings.get("features_seconds", 0.0), 2),
+        "train_seconds": round(timings.get("train_seconds", 0.0), 2),
+        "prepare_seconds": round(sums["prepare"], 2),
+        "fit_seconds": round(sums["fit"], 2),
+        "lgb_seconds": round(sums["lgb"], 2),
+        "records_seconds": round(sums["records"], 2),
+        "collect_seconds": round(timings.get("collect_seconds", 0.0), 2),
+        "outside_lgb_share": round(1 - (sums["lgb"] / workers) / wall, 3),
+        "peak_rss_mb": round(peak, 1),
+        "merged": {k: float(head[k]) for k in ("IC", "ICIR", "Rank IC", "Rank ICIR")},
+        "per_window_rank_ic": [round(float(x), 4) for x in results.windows["Rank IC"]],
+    }
+
+
+def run_config(workers: int, data: str) -> dict[str, Any]:
+    """One configuration in a fresh interpreter with a fresh alphamill home."""
+    home = Path(tempfile.mkdtemp(prefix=f"am_rolling_bench_{workers}w_"))
+    env = {**os.environ, "ALPHAMILL_HOME": str(home), "ALPHAMILL_DATA": data}
+    for key in ("ALPHAMILL_POOL_URL", "ALPHAMILL_TRACKING_URI", "ALPHAMILL_CACHE_DIR", "ALPHAMILL_NUM_THREADS"):
+        env.pop(key, None)
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(workers), "--data", data],
+            env=env, cwd=str(home), check=True, stdout=subprocess.PIPE, text=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--data", default=None, help="demo market folder (default: generated under .alphamill)")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args.one, args.data)))
+        return
+    sys.path.insert(0, str(ROOT))
+    from alphamill.data import DEMO_DEFAULTS, ensure_demo_market
+
+    data = args.data or str((ROOT / ".alphamill" / "data" / "demo").absolute())
+    t0 = time.perf_counter()
+    ensure_demo_market(data, **DEMO_DEFAULTS)
+    print(f"demo market {data} ready ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    runs = []
+    for w in args.workers:
+        print(f"running with {w} worker process(es) ...", file=sys.stderr)
+        runs.append(run_config(w, data))
+    cols = ["workers", "wall_seconds", "features_seconds", "prepare_seconds", "lgb_seconds", "records_seconds",
+            "collect_seconds", "outside_lgb_share", "peak_rss_mb"]
+    print(" | ".join(f"{c:>16}" for c in cols))
+    for r in runs:
+        print(" | ".join(f"{r[c]:>16}" for c in cols))
+    for r in runs:
+        print(f"{r['workers']} worker(s): merged {r['merged']}; per-window Rank IC {r['per_window_rank_ic']}")
+    by = {r["workers"]: r for r in runs}
+    goals: dict[str, Any] = {}
+    if 2 in by:
+        goals["wall_2_workers_under_130s"] = by[2]["wall_seconds"] < GOAL_WALL_2
+        goals["outside_lgb_under_15pct"] = by[2]["outside_lgb_share"] < GOAL_OUTSIDE
+    goals["peak_under_1_5GB"] = all(r["peak_rss_mb"] < GOAL_PEAK_MB for r in runs)
+    if 1 in by and 2 in by:
+        speedup = by[1]["wall_seconds"] / by[2]["wall_seconds"]
+        goals["speedup_2_vs_1"] = round(speedup, 2)
+        goals["speedup_at_least_1_6"] = speedup >= GOAL_SPEEDUP
+    print("goals:", json.dumps(goals))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "benchmark": "rolling_bench",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "runs": runs,
+        "goals": goals,
+        "qlib_0_9_7_reference": QLIB,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }, indent=1))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
