@@ -70,6 +70,9 @@ def plain_canonical(obj: Any) -> tuple[Any, str] | None:
     keys) or spells differently (``-0.0``) returns ``None`` and takes the full
     :mod:`alphamill.canonical` path, which applies its rules or names the faulty path.
     """
+    t = type(obj)
+    if obj is None or t is str or t is bool or t is int:
+        return obj, json.dumps(obj, ensure_ascii=False)
     try:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):

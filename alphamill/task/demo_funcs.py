@@ -62,3 +62,8 @@ def demo_train(task: dict[str, Any], **_: Any) -> dict[str, Any]:
         "test_days": len(test),
         "weights": [round(float(v), 6) for v in w],
     }
+
+
+def noop(task: Any, **_: Any) -> None:
+    """Do nothing: measures the pool's own overhead (``alphamill worker --func ...:noop``)."""
+    return None

@@ -39,7 +39,7 @@ from alphamill.task.backends.base import (
     validate_pool_name,
 )
 from alphamill.task.codec import Codec, check_codec
-from alphamill.task.query import parse_query
+from alphamill.task.query import Query, parse_query
 from alphamill.task.status import (
     CLAIMABLE,
     COMMITTABLE,
@@ -473,7 +473,7 @@ class TaskManager:
 
     # -- claiming ------------------------------------------------------------------------------
     def fetch_tasks(
-        self, query: Mapping[str, Any] | None = None, status: str = WAITING, limit: int = 1
+        self, query: Mapping[str, Any] | Query | None = None, status: str = WAITING, limit: int = 1
     ) -> list[dict[str, Any]]:
         """Claim up to ``limit`` tasks in one transaction (prefetch for tiny tasks).
 
@@ -654,7 +654,7 @@ class TaskManager:
             raise PoolError(f"task_pool {self.task_pool!r}: no task with id {tid!r}")
         return self._to_task(recs[0])
 
-    def task_stat(self, query: Mapping[str, Any] | None = None) -> dict[str, int]:
+    def task_stat(self, query: Mapping[str, Any] | Query | None = None) -> dict[str, int]:
         """Number of tasks per status (only statuses present), counted by the database."""
         q = parse_query(query or {})
         if not self._pool_exists():

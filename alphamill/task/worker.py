@@ -33,7 +33,7 @@ from alphamill.task.manage import (
     TaskManager,
     execute_task,
 )
-from alphamill.task.query import parse_query
+from alphamill.task.query import Query, parse_query
 from alphamill.task.status import CLAIMABLE, COMMITTABLE, DONE, RUNNING, WAITING
 
 logger = logging.getLogger("alphamill.worker")
@@ -155,7 +155,7 @@ class _Shutdown:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
 
-def _drained(tm: TaskManager, query: Mapping[str, Any], before_status: str) -> bool:
+def _drained(tm: TaskManager, query: Query, before_status: str) -> bool:
     """Nothing left that this worker could ever claim (claimable or running elsewhere)."""
     stat = tm.task_stat(query)
     return not stat.get(before_status) and not stat.get(RUNNING)
@@ -175,6 +175,7 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
         heartbeat_interval=cfg.heartbeat_interval,
         retry_backoff=cfg.retry_backoff,
     )
+    query = parse_query(cfg.query)  # once, not per claim
     requeue_every = min(max(cfg.lease_seconds / 2, 0.2), 30.0)
     last_requeue = -requeue_every
     idle = 0.02
@@ -189,9 +190,9 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
                     logger.warning("re-queued %d tasks whose lease expired", n)
                 last_requeue = now
             limit = cfg.prefetch if cfg.max_tasks is None else min(cfg.prefetch, cfg.max_tasks - ran)
-            batch = tm.fetch_tasks(cfg.query, status=cfg.before_status, limit=limit)
+            batch = tm.fetch_tasks(query, status=cfg.before_status, limit=limit)
             if not batch:
-                if cfg.until_empty and _drained(tm, cfg.query, cfg.before_status):
+                if cfg.until_empty and _drained(tm, query, cfg.before_status):
                     break
                 shutdown.sleep(idle)
                 idle = min(idle * 2, cfg.idle_sleep)
