@@ -9,13 +9,15 @@ What the simulation contains, and why:
 
 * **Returns** = beta x market factor + loading x sector factor + idiosyncratic shock +
   a slow latent drift, each factor and shock with GARCH(1,1) volatility (volatility
-  clustering) driven by Student-t innovations (fat tails).
+  clustering, capped at 3x its long-run level) driven by Student-t innovations (fat
+  tails); the market's volatility regime also scales idiosyncratic volatility.
 * **Planted predictability** (so models have something real to find, weakly): the traded
   price is the "fundamental" price times a transient mispricing that mean-reverts
   (AR(1)); mispricing shocks arrive with extra volume. Recent moves on high volume
   therefore partly reverse, which Alpha158's price/volume features (ROC, MA, RSV, CORR,
   WVMA, ...) can pick up. The slow latent drift adds a faint momentum. Tuned so that
-  LightGBM on Alpha158 reaches a daily rank IC of a few percent out of sample.
+  LightGBM on Alpha158-style features, trained on 2010-2014, reaches a daily rank IC of
+  about 0.05 on 2016-2020 with Qlib's label ``Ref($close,-2)/Ref($close,-1)-1``.
 * **Volume** is tied to absolute returns, has its own persistent level, and spikes with
   mispricing shocks.
 * **Listings**: some instruments list late, some delist early (rows exist only inside
