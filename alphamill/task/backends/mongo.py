@@ -216,6 +216,20 @@ def _not(part: dict[str, Any]) -> dict[str, Any]:
     return {"$nor": [part]}
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _bson_number(v: Any) -> Any:
+    """A query number BSON can carry: ints beyond int64 become the float they equal (or None).
+
+    No stored value is an int beyond int64 (BSON cannot hold one), so only a float can equal
+    such a query value, and only when the float is exact; comparisons use the nearest float.
+    """
+    if isinstance(v, int) and not isinstance(v, bool) and not _INT64[0] <= v <= _INT64[1]:
+        return float(v)
+    return v
+
+
 def _scalar_eq(path: str, q: Any) -> dict[str, Any]:
     """``path`` equals ``q`` (or is an array holding an equal element), never bool == number.
 
@@ -225,6 +239,9 @@ def _scalar_eq(path: str, q: Any) -> dict[str, Any]:
     """
     if q is None or isinstance(q, str):
         return {path: q}
+    if _bson_number(q) != q:  # a huge int no float equals exactly
+        return _FALSE
+    q = _bson_number(q)
     if isinstance(q, bool):
         return _or(
             [
@@ -266,7 +283,8 @@ class _Translator:
             oids = [o for o in (_object_id(v) for v in values) if o is not None]
             return {"_id": {"$in": oids}} if oids else _FALSE
         if op in COMPARISONS:
-            return {name: {op: value}}
+            return {name: {op: _bson_number(value)}}
+        values = [_bson_number(v) for v in values if _bson_number(v) == v]
         return {name: {"$in": values}} if values else _FALSE
 
     def json_path(self, c: Condition) -> dict[str, Any]:
@@ -290,7 +308,7 @@ class _Translator:
             present = _and([not_through_array, {path: {"$exists": True}}])
             return present if c.value else _not(present)
         if c.op in COMPARISONS:
-            return _and([not_through_array, {path: {c.op: c.value}}])
+            return _and([not_through_array, {path: {c.op: _bson_number(c.value)}}])
         values = list(c.value) if c.op in (IN, NIN) else [c.value]
         scalars = [v for v in values if v is not None]
         options = []

@@ -229,8 +229,9 @@ class _Where:
             if not _is_number(value):
                 return "FALSE"
             return f"t.{name} {self._SQL_OPS[op]} {self.p(value)}::numeric"
-        nums = [v for v in values if _is_number(v)]
-        return f"t.{name} = ANY({self.p(nums)}::numeric[])" if nums else "FALSE"
+        # Sent as text: a list mixing ints and floats has no single array type.
+        nums = [repr(v) for v in values if _is_number(v)]
+        return f"t.{name} = ANY({self.p(nums)}::text[]::numeric[])" if nums else "FALSE"
 
     # JSON paths -----------------------------------------------------------------------------
     def json_path(self, c: Condition) -> str:
