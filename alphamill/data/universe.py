@@ -76,13 +76,17 @@ def write_instruments_file(spans: Mapping[str, list[Span]], path: str | os.PathL
 
 def _from_symbols(source: DataSource, symbols: list[Any], what: str) -> dict[str, list[Span]]:
     listing = source.spans()
+    lower: dict[str, list[str]] = {}
+    for k in listing:
+        lower.setdefault(k.lower(), []).append(k)
     out: dict[str, list[Span]] = {}
     unknown = []
     for s in symbols:
         if not isinstance(s, str) or not s.strip():
             raise ConfigError(f"instrument names must be non-empty strings, got {s!r}", "instruments")
         s = s.strip()
-        sym = s if s in listing else _case_insensitive(listing, s)
+        hits = lower.get(s.lower(), [])
+        sym = s if s in listing else (hits[0] if len(hits) == 1 else None)
         if sym is None:
             unknown.append(s)
             continue
@@ -103,9 +107,10 @@ def _from_file(source: DataSource, path: Path) -> dict[str, list[Span]]:
     ranges = read_instruments_file(path)
     _from_symbols(source, list(ranges), f"instruments file {path}")  # raises on unknown symbols
     listing = source.spans()
+    lower = {k.lower(): k for k in listing}
     out: dict[str, list[Span]] = {}
     for orig, rs in ranges.items():
-        sym = orig if orig in listing else _case_insensitive(listing, orig)
+        sym = orig if orig in listing else lower[orig.lower()]
         out.setdefault(sym, []).extend(rs)
     return out
 
