@@ -324,3 +324,38 @@ def test_threads_share_one_backend_safely(pg, pool):
     for t in threads:
         t.join()
     assert len(seen) == len(set(seen)) == 40
+
+
+def _count_in_child(backend: PostgresBackend, pool: str, out) -> None:
+    try:
+        out.put((backend.count_tasks(pool, parse_query(None)), backend._conn.info.backend_pid))
+        backend.close()
+    except BaseException:
+        out.put(traceback.format_exc())
+
+
+def test_forked_child_opens_its_own_connection(pg, pool):
+    pg.insert_tasks(pool, [NewTask({"i": 1}, "h1")])
+    parent_pid = pg._connection().info.backend_pid
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_count_in_child, args=(pg, pool, out))
+    child.start()
+    counts, child_pid = out.get(timeout=60)
+    child.join(timeout=30)
+    assert counts == {WAITING: 1} and child_pid != parent_pid
+    # the parent's session survived the child's use and exit
+    assert pg._connection().info.backend_pid == parent_pid
+    assert pg.count_tasks(pool, parse_query(None)) == {WAITING: 1}
+
+
+def test_tricky_json_values_agree_with_query_matches(pg, pool):
+    from tests.pool.test_mongo_specific import TRICKY, TRICKY_QUERIES
+
+    pg.insert_tasks(pool, [NewTask(d, f"h{i}", metadata=d) for i, d in enumerate(TRICKY)])
+    records = pg.find_tasks(pool, parse_query(None))
+    for raw in TRICKY_QUERIES + [{"def.a.b": {"$lt": 1}}, {"def.x": {"$in": []}}, {"def.x": {"$nin": []}}]:
+        q = parse_query(raw)
+        want = [r.id for r in records if q.matches(r)]
+        assert [r.id for r in pg.find_tasks(pool, q)] == want, raw
+        assert sum(pg.count_tasks(pool, q).values()) == len(want), raw
