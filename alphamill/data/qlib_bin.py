@@ -231,14 +231,21 @@ def write_qlib_bin(panel: pd.DataFrame | DataSource, out_dir: str | os.PathLike,
     fmt = "%Y-%m-%d" if (cal == cal.normalize()).all() else "%Y-%m-%d %H:%M:%S"
     (out / "calendars" / f"{freq}.txt").write_text("".join(f"{d:{fmt}}\n" for d in cal))
     pos_all = cal.searchsorted(dates)
-    insts = panel.index.get_level_values(1).to_numpy()
-    order = np.lexsort((pos_all, insts))
+    inst_index = panel.index.remove_unused_levels()
+    inst_codes = np.asarray(inst_index.codes[1], dtype=np.int64)
+    level = inst_index.levels[1]
+    rank = np.empty(len(level), dtype=np.int64)
+    rank[np.argsort(level.astype(str))] = np.arange(len(level))
+    key = rank[inst_codes]  # instruments in name order
+    order = np.lexsort((pos_all, key))
     spans: dict[str, list[Span]] = {}
     values = {c: panel[c].to_numpy(dtype=np.float32) for c in panel.columns}
-    syms, starts = np.unique(insts[order], return_index=True)
-    bounds = list(starts) + [len(order)]
+    syms = level.astype(str)[np.argsort(level.astype(str))]
+    bounds = np.searchsorted(key[order], np.arange(len(level) + 1))
     for k, sym in enumerate(syms):
         rows = order[bounds[k] : bounds[k + 1]]
+        if len(rows) == 0:
+            continue
         pos = pos_all[rows]
         first, last = int(pos[0]), int(pos[-1])
         breaks = np.flatnonzero(np.diff(pos) > 1)
