@@ -359,3 +359,19 @@ def test_tricky_json_values_agree_with_query_matches(pg, pool):
         want = [r.id for r in records if q.matches(r)]
         assert [r.id for r in pg.find_tasks(pool, q)] == want, raw
         assert sum(pg.count_tasks(pool, q).values()) == len(want), raw
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:Secret9@127.0.0.1:5432/am_no_such_database",
+        "postgresql://am_no_such_role:Secret9@127.0.0.1:5432/test",
+    ],
+)
+def test_wrong_database_or_role_fails_fast_without_retrying(pg_schema, url):
+    started = time.monotonic()
+    with pytest.raises(PoolError) as info:
+        PostgresBackend(url, retry_seconds=30)
+    assert time.monotonic() - started < 10
+    assert not isinstance(info.value, PoolUnavailable)
+    assert "does not exist" in str(info.value) and "Secret9" not in str(info.value)

@@ -85,6 +85,11 @@ _NEG_INDEX_RE = re.compile(r"^-\d+$")
 _NUL_RE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 _MAX_BIGINT = 2**63 - 1
 _INSERT_CHUNK = 5000
+#: Connection failures that are the URL's fault (credentials, names), not the network's.
+_PERMANENT_CONNECT_ERROR = re.compile(
+    r"authentication failed|does not exist|no pg_hba\.conf entry|not permitted to log in|"
+    r"permission denied|invalid (?:URI|connection option|integer value)|missing \"=\""
+)
 _SELECT_CHUNK = 50_000
 
 #: Columns read into a TaskRecord, in TaskRecord's field order.
@@ -345,12 +350,19 @@ class PostgresBackend(Backend):
             self._pid = os.getpid()
         conn = self._conn
         if conn is None or conn.closed:
-            conn = psycopg.connect(
-                self.url,
-                autocommit=True,
-                connect_timeout=max(1, round(self.connect_timeout)),
-                application_name="alphamill",
-            )
+            try:
+                conn = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self.connect_timeout)),
+                    application_name="alphamill",
+                )
+            except psycopg.OperationalError as e:
+                if _PERMANENT_CONNECT_ERROR.search(str(e)):  # retrying cannot help
+                    raise PoolError(
+                        f"pool {redact_url(self.url)}: cannot connect: {redact_url(str(e)).strip()}"
+                    ) from None
+                raise
             self._conn = conn
             if self._schema is None:
                 self._setup(conn)
@@ -375,6 +387,11 @@ class PostgresBackend(Backend):
                 except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                     self._discard()
                     error = e
+                except psycopg.Error as e:
+                    # e.g. missing privileges: a user-facing error naming the (redacted) pool.
+                    raise PoolError(
+                        f"pool {redact_url(self.url)}: {redact_url(str(e)).strip()}"
+                    ) from e
             now = time.monotonic()
             if deadline is None:
                 deadline = now + self.retry_seconds
