@@ -33,7 +33,6 @@ DEFAULT_LEARN_PROCESSORS: list[dict[str, Any]] = [
     {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}},
 ]
 
-PROCESSOR_MODULE = "alphamill.features.processors"
 HANDLER_PATH = "dataset.kwargs.handler.kwargs"
 
 
@@ -180,11 +179,17 @@ class DataHandlerLP(DataHandler):
         return out
 
     def _processor_from_config(self, config: dict | str, where: str) -> Any:
-        """Instantiate one processor, offering it the fit window (Qlib's check_transform_proc)."""
-        from alphamill.instance import init_instance_by_config
+        """Build one processor, giving it the handler's fit window (Qlib's check_transform_proc).
+
+        Qlib's processor names (with no module, ``alphamill.features.processors`` or
+        ``qlib.data.dataset.processor``) map onto alphamill's processors; other modules are
+        imported through the trusted-module rules of ``init_instance_by_config``.
+        """
+        from alphamill.features import processors as procs
 
         if isinstance(config, str):
             config = {"class": config}
+        module = config.get("module_path") if isinstance(config, dict) else None
         window = {
             name: None if value is None else str(value.date())
             for name, value in (
@@ -192,9 +197,21 @@ class DataHandlerLP(DataHandler):
                 ("fit_end_time", self.fit_end_time),
             )
         }
-        return init_instance_by_config(
-            config, default_module=PROCESSOR_MODULE, try_kwargs=window, path=where
-        )
+        if module is None or module in procs.KNOWN_MODULES:
+            cls = procs.PROCESSORS.get(str(config.get("class")))
+            given = config.get("kwargs") or {}
+            if cls is not None and cls in procs._FIT_WINDOW:
+                for name, value in window.items():
+                    if value is None and given.get(name) is None:
+                        raise ConfigError(
+                            f"{cls.__name__} is fitted on a window: set fit_start_time and "
+                            "fit_end_time in the handler (or in the processor's kwargs)",
+                            f"{self.path}.{name}",
+                        )
+            return procs.build_processor(config, where=where, **window)
+        from alphamill.instance import init_instance_by_config
+
+        return init_instance_by_config(config, try_kwargs=window, path=where)
 
     def setup_data(self, data: pd.DataFrame) -> None:
         """Install raw data (trimmed to [start_time, end_time]), then fit and apply processors."""
@@ -270,12 +287,15 @@ class DataHandlerLP(DataHandler):
         """The fitted processors as JSON-compatible dicts (class name plus ``to_state()``)."""
 
         def state(proc: Any) -> dict[str, Any]:
+            saved = proc.to_state() if hasattr(proc, "to_state") else None
+            if isinstance(saved, dict) and "class" in saved:
+                return saved
             out: dict[str, Any] = {
                 "class": type(proc).__name__,
                 "module_path": type(proc).__module__,
             }
-            if hasattr(proc, "to_state"):
-                out["state"] = proc.to_state()
+            if saved is not None:
+                out["state"] = saved
             return out
 
         return {

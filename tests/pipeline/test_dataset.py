@@ -208,3 +208,30 @@ def test_fill_placeholder_errors():
         fill_placeholder({"a": "<segments.train.5>", "segments": {"train": [1, 2]}})
     with pytest.raises(ConfigError, match="cycle"):
         fill_placeholder({"a": "<b>", "b": "<a>"})
+
+
+def test_processor_configs_by_qlib_name(panel):
+    h = DataHandlerLP(
+        panel,
+        fit_start_time="2020-01-01",
+        fit_end_time="2020-06-30",
+        infer_processors=[
+            {"class": "ZScoreNorm", "module_path": "qlib.data.dataset.processor",
+             "kwargs": {"fields_group": "feature"}},
+            "Fillna",
+        ],
+        learn_processors=["DropnaLabel", {"class": "CSZScoreNorm", "kwargs": {"fields_group": "label"}}],
+    )
+    infer = h.fetch(col_set="feature", data_key="infer")
+    fit_part = infer.loc["2020-01-01":"2020-06-30"]
+    np.testing.assert_allclose(fit_part.mean(), 0, atol=0.02)  # NaNs became 0 after the z-score
+    assert infer.notna().all().all()
+    learn = h.fetch(col_set="label", data_key="learn")
+    daily = learn["LABEL0"].groupby(level="datetime")
+    assert daily.mean().abs().max() < 1e-5 and (daily.std() - 1).abs().max() < 1e-4
+    state = h.processor_state()
+    assert state["infer"][0]["class"] == "ZScoreNorm" and "mean" in state["infer"][0]["state"]
+    with pytest.raises(ConfigError, match=r"handler\.kwargs\.fit_start_time: ZScoreNorm is fitted"):
+        DataHandlerLP(panel, infer_processors=[{"class": "ZScoreNorm"}])
+    with pytest.raises(ConfigError, match=r"infer_processors\.0\.class: unknown processor 'ZScore'"):
+        DataHandlerLP(panel, infer_processors=["ZScore"])
