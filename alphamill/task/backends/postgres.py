@@ -334,7 +334,11 @@ class PostgresBackend(Backend):
         self._server_version = 0
         self._q: dict[str, str] = {}
         # Fail fast on an unreachable server or a bad schema instead of at the first task.
-        self._run(lambda conn, retry: None)
+        try:
+            self._run(lambda conn, retry: None)
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"PostgresBackend({redact_url(self.url)!r})"
@@ -405,7 +409,7 @@ class PostgresBackend(Backend):
             retrying = True
 
     def _setup(self, conn: psycopg.Connection) -> None:
-        """Find (or create) the schema and the tables, then prepare the statements."""
+        """Find (or create) the schema, create the tables and indexes when missing."""
         self._server_version = conn.info.server_version
         row = conn.execute(
             "SELECT current_schema(), current_setting('search_path'), current_user"
@@ -413,7 +417,9 @@ class PostgresBackend(Backend):
         assert row is not None
         schema, search_path, user = row
         if schema is None:
-            first = search_path.split(",")[0].strip().strip('"')
+            token = search_path.split(",")[0].strip()
+            # Unquoted names in search_path are folded to lower case, as in SQL.
+            first = token[1:-1] if token.startswith('"') and token.endswith('"') else token.lower()
             if first == "$user":
                 first = user
             if not _SCHEMA_RE.match(first):
