@@ -22,9 +22,9 @@ from tests.features.conftest import FIXTURES, mismatches
 
 def test_names_and_expressions_are_qlibs():
     spec = json.loads((FIXTURES / "expressions.json").read_text())
-    assert ALPHA158_NAMES == spec["feature_names"]
-    assert ALPHA158_EXPRESSIONS == spec["feature_expressions"]
-    assert [A.DEFAULT_LABEL_EXPR] == spec["label_expressions"]
+    assert spec["feature_names"] == ALPHA158_NAMES
+    assert spec["feature_expressions"] == ALPHA158_EXPRESSIONS
+    assert spec["label_expressions"] == [A.DEFAULT_LABEL_EXPR]
     assert len(ALPHA158_NAMES) == 158
 
 
