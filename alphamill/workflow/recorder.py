@@ -369,6 +369,7 @@ class Recorder:
         self._client = client
         self._run = run
         self._experiment_name = experiment_name
+        self._art_cache: Any = None
 
     # --- identity -----------------------------------------------------------------------
     @property
@@ -526,7 +527,7 @@ class Recorder:
                 raise ConfigError(f"{path} does not exist", "local_path")
             if path.is_dir():
                 self._call(
-                    lambda: self._client.log_artifacts(self.id, str(path), prefix or None),
+                    lambda: self._art().log_artifacts(str(path), prefix or None),
                     "save artifacts",
                 )
                 base = f"{prefix}/" if prefix else ""
@@ -535,7 +536,7 @@ class Recorder:
                 ]
             else:
                 self._call(
-                    lambda: self._client.log_artifact(self.id, str(path), prefix or None),
+                    lambda: self._art().log_artifact(str(path), prefix or None),
                     "save artifact",
                 )
                 stored.append(f"{prefix}/{path.name}" if prefix else path.name)
@@ -547,11 +548,25 @@ class Recorder:
                 _write_object(file, obj)
                 sub = os.path.dirname(rel) or None
                 self._call(
-                    lambda f=file, s=sub: self._client.log_artifact(self.id, str(f), s),
+                    lambda f=file, s=sub: self._art().log_artifact(str(f), s),
                     f"save artifact {rel}",
                 )
                 stored.append(rel)
         return stored
+
+    def _art(self) -> Any:
+        """Where artifacts go: the local artifact folder directly (saves MLflow a run lookup
+        per call), or the client for remote stores (proxied artifacts need the server)."""
+        if self._art_cache is None:
+            if _store_of(self._client).kind in ("sqlite", "file"):
+                from mlflow.store.artifact.artifact_repository_registry import (
+                    get_artifact_repository,
+                )
+
+                self._art_cache = get_artifact_repository(self.artifact_uri)
+            else:
+                self._art_cache = _ClientArtifacts(self._client, self.id)
+        return self._art_cache
 
     def list_artifacts(self, artifact_path: str | None = None) -> list[str]:
         """Every stored file below ``artifact_path`` (recursive), as paths relative to the run."""
@@ -559,7 +574,7 @@ class Recorder:
         todo = [artifact_path.strip("/") if artifact_path else None]
         while todo:
             cur = todo.pop()
-            for info in self._call(lambda c=cur: self._client.list_artifacts(self.id, c), "list"):
+            for info in self._call(lambda c=cur: self._art().list_artifacts(c), "list"):
                 (todo if info.is_dir else out).append(info.path)
         return sorted(out)
 
@@ -568,9 +583,7 @@ class Recorder:
         parent = os.path.dirname(name) or None
         present = {
             info.path: info.is_dir
-            for info in self._call(
-                lambda: self._client.list_artifacts(self.id, parent), "list artifacts"
-            )
+            for info in self._call(lambda: self._art().list_artifacts(parent), "list artifacts")
         }
         stem, ext = os.path.splitext(name)
         candidates = [name]
@@ -592,9 +605,7 @@ class Recorder:
             Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="alphamill-"))
         )
         dst.mkdir(parents=True, exist_ok=True)
-        local = self._call(
-            lambda: self._client.download_artifacts(self.id, rel, str(dst)), f"download {rel}"
-        )
+        local = self._call(lambda: self._art().download_artifacts(rel, str(dst)), f"download {rel}")
         return Path(local)
 
     def load_object(self, name: str) -> Any:
@@ -602,9 +613,7 @@ class Recorder:
         rel = self._resolve_artifact(name)
         with tempfile.TemporaryDirectory(prefix="alphamill-load-") as tmp:
             local = Path(
-                self._call(
-                    lambda: self._client.download_artifacts(self.id, rel, tmp), f"load {rel}"
-                )
+                self._call(lambda: self._art().download_artifacts(rel, tmp), f"load {rel}")
             )
             if local.is_dir():
                 raise ConfigError(
@@ -618,11 +627,30 @@ class Recorder:
         if status not in END_STATUSES:
             raise ConfigError(f"expected one of {', '.join(END_STATUSES)}, got {status}", "status")
         self._call(lambda: self._client.set_terminated(self.id, status), "end the run")
-        self._refresh()
 
     def _reopen(self) -> None:
         self._call(lambda: self._client.update_run(self.id, status="RUNNING"), "resume the run")
         self._refresh()
+
+
+class _ClientArtifacts:
+    """The artifact-repository calls used here, through the tracking client."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self._client = client
+        self._run_id = run_id
+
+    def log_artifact(self, local: str, path: str | None = None) -> None:
+        self._client.log_artifact(self._run_id, local, path)
+
+    def log_artifacts(self, local_dir: str, path: str | None = None) -> None:
+        self._client.log_artifacts(self._run_id, local_dir, path)
+
+    def list_artifacts(self, path: str | None = None) -> list[Any]:
+        return self._client.list_artifacts(self._run_id, path)
+
+    def download_artifacts(self, path: str, dst_path: str | None = None) -> str:
+        return self._client.download_artifacts(self._run_id, path, dst_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -726,6 +754,7 @@ class RecorderAPI:
     def __init__(self) -> None:
         self._uri: str | None = None
         self._active: Recorder | None = None
+        self._exp_ids: dict[tuple[int, str, str], str] = {}  # experiment ids never change
 
     # --- store ----------------------------------------------------------------------------
     @property
@@ -765,16 +794,22 @@ class RecorderAPI:
         if experiment_name is None and self._active is not None:
             return Experiment(client, self._active.experiment_id, self._active.experiment_name)
         name = experiment_name or DEFAULT_EXPERIMENT
+        key = (os.getpid(), _store_of(client).mlflow_uri, name)
+        if key in self._exp_ids:
+            return Experiment(client, self._exp_ids[key], name)
         exp = _retry(lambda: client.get_experiment_by_name(name))
         if exp is None:
             if not create:
                 raise TrackingError(f"no experiment named {name!r} in {_store_of(client).shown}")
-            return self._create_exp(client, name)
+            created = self._create_exp(client, name)
+            self._exp_ids[key] = created.id
+            return created
         if exp.lifecycle_stage != "active":
             raise TrackingError(
                 f"experiment {name!r} was deleted: restore it (mlflow experiments restore) or "
                 "choose another name"
             )
+        self._exp_ids[key] = exp.experiment_id
         return Experiment(client, exp.experiment_id, exp.name)
 
     def _create_exp(self, client: MlflowClient, name: str) -> Experiment:
@@ -812,6 +847,7 @@ class RecorderAPI:
     def delete_exp(self, experiment_name: str) -> None:
         exp = self.get_exp(experiment_name, create=False)
         _retry(lambda: exp._client.delete_experiment(exp.id))
+        self._exp_ids = {k: v for k, v in self._exp_ids.items() if v != exp.id}
 
     # --- recorders ------------------------------------------------------------------------
     def get_recorder(
