@@ -86,6 +86,8 @@ def chaos_task(task_def: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     path = os.environ[LEDGER_ENV]
     ledger_write(path, {"ev": "start", **lease, "t": time.time()})
     sleep = float(task_def.get("sleep", 0.0))
+    if lease["attempt"] == 1:
+        sleep += float(task_def.get("sleep_first", 0.0))  # only the first run is slow
     if sleep:
         time.sleep(sleep)
     ledger_write(path, {"ev": "end", **lease})
