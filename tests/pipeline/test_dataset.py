@@ -235,3 +235,10 @@ def test_processor_configs_by_qlib_name(panel):
         DataHandlerLP(panel, infer_processors=[{"class": "ZScoreNorm"}])
     with pytest.raises(ConfigError, match=r"infer_processors\.0\.class: unknown processor 'ZScore'"):
         DataHandlerLP(panel, infer_processors=["ZScore"])
+
+
+def test_unsorted_input_is_sorted_by_date(panel):
+    shuffled = panel.sample(frac=1.0, random_state=1)
+    h = DataHandlerLP(shuffled, start_time="2020-02-01", end_time="2020-02-29")
+    got = h.fetch(col_set="__raw", data_key="raw")
+    pd.testing.assert_frame_equal(got, panel.loc["2020-02-01":"2020-02-29"])
