@@ -15,6 +15,7 @@ _LAZY = {
     "begin_task_train": "alphamill.workflow.task_train",
     "end_task_train": "alphamill.workflow.task_train",
     "recorder_ref": "alphamill.workflow.task_train",
+    "load_recorded_model": "alphamill.workflow.task_train",
 }
 
 __all__ = sorted(_LAZY)

@@ -104,6 +104,17 @@ def recorder_ref(rec: Any) -> dict[str, str]:
     raise ConfigError(f"expected a recorder or its reference dict, got {type(rec).__name__}")
 
 
+def load_recorded_model(rec: Any) -> Model:
+    """The fitted model a run saved (artifact folder ``model/``); ``rec`` may be a ref dict."""
+    from alphamill.model import load_model
+    from alphamill.workflow.recorder import Recorder
+
+    if isinstance(rec, Mapping):
+        rec = Recorder.from_ref(recorder_ref(rec))
+    with tempfile.TemporaryDirectory(prefix="alphamill-model-") as tmp:
+        return load_model(rec.download_artifact(MODEL_ARTIFACT, tmp))
+
+
 def _log_task_info(rec: Any, task_config: Mapping[str, Any], stage: str) -> None:
     from alphamill.workflow.recorder import R
 

@@ -23,7 +23,7 @@ from alphamill.dataset import DatasetH, fill_placeholder
 from alphamill.errors import ConfigError
 from alphamill.instance import init_instance_by_config
 from alphamill.model import LGBModel, load_model
-from alphamill.workflow.task_train import begin_task_train, task_train
+from alphamill.workflow.task_train import begin_task_train, load_recorded_model, task_train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,6 +144,7 @@ def test_task_train_end_to_end(env):
     # the saved model, reloaded, reproduces the recorded predictions
     model = load_model(rec.download_artifact("model", env["root"] / "dl"))
     assert isinstance(model, LGBModel)
+    assert isinstance(load_recorded_model(rec.to_ref()), LGBModel)
     dataset = init_instance_by_config(
         fill_placeholder(task)["dataset"], accept_types=DatasetH, default_module="alphamill.dataset"
     )
