@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from alphamill.config import get_setting, redact_url
-from alphamill.errors import CanonicalError, ConfigError, LeaseLost, PoolError
+from alphamill.errors import CanonicalError, ConfigError, LeaseLost, PoolError, PoolUnavailable
 from alphamill.task.backends import open_backend
 from alphamill.task.backends.base import (
     Backend,
@@ -90,7 +90,12 @@ def _ensure_sqlite_dir(url: str) -> None:
     if path and path != ":memory:":
         parent = os.path.dirname(path)
         if parent:
-            os.makedirs(parent, exist_ok=True)
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as e:
+                raise PoolUnavailable(
+                    f"pool URL {redact_url(url)!r}: cannot create the folder {parent!r}: {e.strerror}"
+                ) from None
 
 
 class Heartbeat:
@@ -174,13 +179,16 @@ class Heartbeat:
                         continue
                     self.beats += 1
                     if not ok:
-                        with self._lock:
-                            if self._held.get(task_id) == token:
+                        with self._lock:  # a task committed since the snapshot is no loss
+                            lost = self._held.get(task_id) == token
+                            if lost:
                                 self._held.pop(task_id, None)
                                 self._lost.add(task_id)
-                        logger.warning(
-                            "task %s: lease lost (expired or reset); its result will be refused", task_id
-                        )
+                        if lost:
+                            logger.warning(
+                                "task %s: lease lost (expired or reset); its result will be refused",
+                                task_id,
+                            )
         finally:
             if store is not None and not self._shared:
                 with contextlib.suppress(Exception):
