@@ -25,6 +25,9 @@ from typing import Any
 from alphamill.errors import CanonicalError, ConfigError, PoolError
 
 PICKLE_KEY_ENV = "ALPHAMILL_PICKLE_KEY"
+#: Largest task definition accepted, as canonical JSON: tasks describe work, data belongs in
+#: files the task names (a huge row slows every claim and query of the pool).
+MAX_TASK_BYTES = 1 << 20
 CODECS: tuple[str, ...] = ("json", "pickle")
 _ENVELOPE = "__pickle__"
 
@@ -103,6 +106,15 @@ def fast_task_hash(definition: Any) -> str:
     return task_hash(definition)
 
 
+def _check_size(n_bytes: int, where: str) -> None:
+    if n_bytes > MAX_TASK_BYTES:
+        raise CanonicalError(
+            f"task definition is {n_bytes / (1 << 20):.1f} MiB as canonical JSON; the limit is "
+            f"{MAX_TASK_BYTES >> 20} MiB (put large data in a file and name the file in the task)",
+            where,
+        )
+
+
 class Codec:
     """Encode/decode definitions and results of one pool."""
 
@@ -133,13 +145,17 @@ class Codec:
             value, text = fast
             if isinstance(value, dict) and _ENVELOPE in value:
                 raise CanonicalError(f"the key {_ENVELOPE!r} is reserved for signed payloads", where)
-            return value, hashlib.sha256(text.encode("utf-8")).hexdigest()
+            data = text.encode("utf-8")
+            _check_size(len(data), where)
+            return value, hashlib.sha256(data).hexdigest()
         return self.encode_definition(definition, where), self.task_hash(definition)
 
     # -- encoding ------------------------------------------------------------------------------
     def encode_definition(self, definition: Any, where: str = "task") -> Any:
         """The stored form of a task definition (canonical JSON or a signed envelope)."""
-        return self._encode(definition, where)
+        stored = self._encode(definition, where)
+        _check_size(len(json.dumps(stored, separators=(",", ":"), ensure_ascii=False).encode("utf-8")), where)
+        return stored
 
     def encode_result(self, result: Any, task_id: str) -> Any:
         """The stored form of a task's result; a non-JSON result is a clear error in JSON pools."""
