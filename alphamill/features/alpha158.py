@@ -9,7 +9,9 @@ its listing span, halted days included.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,18 +117,24 @@ ALPHA158_EXPRESSIONS: list[str]
 
 @dataclass
 class DenseGrid:
-    """A panel as dense float32 arrays: one (day, instrument) array per field."""
+    """A panel as dense float32 arrays: one (day, instrument) array per field.
+
+    ``present`` marks the panel's rows; ``grid.inside`` spans each instrument from its
+    first to its last row, so days between two listing ranges are evaluated as missing
+    data (as in Qlib, whose stored series is contiguous) but are not output.
+    """
 
     calendar: pd.DatetimeIndex
     instruments: np.ndarray
     fields: dict[str, np.ndarray]
     grid: ops.Grid
+    present: np.ndarray
 
     def index(self) -> pd.MultiIndex:
-        """(datetime, instrument) of every listed cell, sorted."""
-        day_idx, inst_idx = np.nonzero(self.grid.inside)
+        """(datetime, instrument) of every panel row, sorted."""
+        day_idx, inst_idx = np.nonzero(self.present)
         return pd.MultiIndex(
-            levels=[self.calendar, pd.Index(self.instruments, dtype=object)],
+            levels=[self.calendar, pd.Index(self.instruments, dtype="str", name="instrument")],
             codes=[day_idx, inst_idx],
             names=["datetime", "instrument"],
             verify_integrity=False,
@@ -185,8 +193,24 @@ def to_dense(panel: pd.DataFrame) -> DenseGrid:
                 raise DataError(f"the panel has no {f!r} column (columns: {list(panel.columns)})")
             fields[f] = np.full((t, n), np.nan, dtype=np.float32)
     return DenseGrid(
-        calendar=calendar, instruments=np.asarray(inst, dtype=object), fields=fields, grid=grid
+        calendar=calendar,
+        instruments=np.asarray(inst, dtype=object),
+        fields=fields,
+        grid=grid,
+        present=present.reshape(t, n),
     )
+
+
+def default_threads() -> int:
+    """Threads for feature computation: ``ALPHAMILL_FEATURE_THREADS`` or the CPU count
+    (at most 4: beyond that memory bandwidth, not cores, is the limit)."""
+    env = os.environ.get("ALPHAMILL_FEATURE_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ConfigError(f"expected a positive integer, got {env!r}", "ALPHAMILL_FEATURE_THREADS") from None
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 #: Instruments evaluated together: small enough for the working arrays to stay in the
@@ -199,44 +223,63 @@ def evaluate(
     expressions: Sequence[str],
     names: Sequence[str],
     chunk: int | None = None,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Evaluate Qlib expressions on a dense grid into a float32 DataFrame.
 
-    Instruments are independent, so they are evaluated in column chunks of ``chunk``.
+    Instruments are independent, so they are evaluated in column chunks of ``chunk``
+    instruments, on ``threads`` threads (default: :func:`default_threads`).
     """
     if len(expressions) != len(names):
         raise ConfigError(
             f"got {len(expressions)} expressions but {len(names)} names", "expressions"
         )
     roots = [ex.parse(e, f"expressions[{i}]") for i, e in enumerate(expressions)]
-    inside = dense.grid.inside
-    t, n = inside.shape
-    n_rows = int(inside.sum())
-    k = len(roots)
-    # Results land in a dense (column, day, instrument) buffer, cheap to fill chunk by
-    # chunk, then each column is compacted in place to its listed cells: column i's
-    # rows go to [i*n_rows, (i+1)*n_rows), never past its own dense slot.
-    buf = np.empty(k * t * n, dtype=np.float32)
-    dense_out = buf.reshape(k, t, n)
+    present = dense.present
+    t, n = present.shape
+    per_inst = present.sum(axis=0)
+    inst_start = np.concatenate([[0], np.cumsum(per_inst)])
+    n_rows = int(inst_start[-1])
+    # Chunks of instruments fill contiguous slices of an instrument-major buffer; each
+    # column is then reordered in place to (datetime, instrument) order.
+    buf = np.empty((len(roots), n_rows), dtype=np.float32)
     step = max(1, int(chunk or CHUNK_INSTRUMENTS))
-    for lo in range(0, n, step):
+
+    def run_chunk(lo: int) -> None:
         hi = min(n, lo + step)
         grid = ops.Grid(
             first=dense.grid.first[lo:hi],
             last=dense.grid.last[lo:hi],
-            inside=np.ascontiguousarray(inside[:, lo:hi]),
+            inside=np.ascontiguousarray(dense.grid.inside[:, lo:hi]),
         )
         fields = {f: np.ascontiguousarray(v[:, lo:hi]) for f, v in dense.fields.items()}
+        keep = np.ascontiguousarray(present[:, lo:hi].T)
+        a, b = int(inst_start[lo]), int(inst_start[hi])
 
-        def sink(i: int, value, lo=lo, hi=hi) -> None:
-            dense_out[i, :, lo:hi] = value
+        def sink(i: int, value) -> None:
+            if isinstance(value, np.ndarray):
+                buf[i, a:b] = value.T[keep]
+            else:
+                buf[i, a:b] = np.float32(value)
 
         ex.Evaluator(fields, grid).evaluate_many(roots, sink)
-    for i in range(k):
-        col = dense_out[i][inside]
-        buf[i * n_rows : (i + 1) * n_rows] = col
-    out = buf[: k * n_rows].reshape(k, n_rows)
-    return pd.DataFrame(out.T, index=dense.index(), columns=list(names), copy=False)
+
+    starts = list(range(0, n, step))
+    n_threads = max(1, min(int(threads or default_threads()), len(starts)))
+    if n_threads == 1:
+        for lo in starts:
+            run_chunk(lo)
+    else:
+        # numpy releases the GIL inside its loops, so chunks overlap on several cores;
+        # each chunk writes its own slice of the buffer
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(run_chunk, starts))
+    day_idx, inst_idx = np.nonzero(present)
+    pos_im = np.cumsum(present.T.ravel()).reshape(n, t) - 1
+    perm = pos_im[inst_idx, day_idx]
+    for i in range(len(roots)):
+        buf[i] = buf[i][perm]
+    return pd.DataFrame(buf.T, index=dense.index(), columns=list(names), copy=False)
 
 
 def compute_alpha158(panel: pd.DataFrame | DenseGrid) -> pd.DataFrame:

@@ -138,3 +138,30 @@ def test_rows_are_every_listed_day_including_halts(market_panel):
     assert out.index.equals(ref.index)
     halted = out.loc[(pd.Timestamp("2010-10-13"), "S0004")]
     assert np.isnan(halted["KMID"]) and not np.isnan(halted["RSQR5"])
+
+
+def test_gap_between_listing_ranges_is_missing_history_not_output(market_panel):
+    """Days between two listing ranges are not rows, but windows still count them."""
+    gap = pd.date_range("2010-03-01", "2010-03-31")
+    inst = market_panel.index.get_level_values("instrument")
+    days = market_panel.index.get_level_values("datetime")
+    cut = market_panel[~((inst == "S0002") & days.isin(gap))]
+    out = compute_alpha158(cut)
+    assert out.index.equals(cut.index)
+    halted = market_panel.copy()
+    halted.loc[(inst == "S0002") & days.isin(gap)] = np.nan
+    full = compute_alpha158(halted).loc[cut.index]
+    pd.testing.assert_frame_equal(out, full)
+
+
+def test_threads_do_not_change_results(market_panel):
+    dense = A.to_dense(market_panel)
+    one = A.evaluate(dense, ALPHA158_EXPRESSIONS[80:120], ALPHA158_NAMES[80:120], chunk=2, threads=1)
+    two = A.evaluate(dense, ALPHA158_EXPRESSIONS[80:120], ALPHA158_NAMES[80:120], chunk=2, threads=3)
+    pd.testing.assert_frame_equal(one, two)
+
+
+def test_bad_thread_setting(monkeypatch):
+    monkeypatch.setenv("ALPHAMILL_FEATURE_THREADS", "many")
+    with pytest.raises(ConfigError, match="ALPHAMILL_FEATURE_THREADS"):
+        A.default_threads()
