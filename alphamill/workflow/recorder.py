@@ -754,6 +754,7 @@ class RecorderAPI:
     def __init__(self) -> None:
         self._uri: str | None = None
         self._active: Recorder | None = None
+        self._prev_uri: str | None = None
         self._exp_ids: dict[tuple[int, str, str], str] = {}  # experiment ids never change
 
     # --- store ----------------------------------------------------------------------------
@@ -905,8 +906,24 @@ class RecorderAPI:
                 f"recorder {self._active.id} is already running in this process: "
                 "end it before starting another"
             )
-        if uri is not None:
-            self.set_uri(uri)
+        prev_uri = self._uri
+        if uri is not None:  # for this recorder only, as Qlib's ``R.start(uri=...)``
+            self._uri = uri
+        try:
+            rec = self._open(experiment_name, recorder_name, recorder_id, resume)
+        except BaseException:
+            self._uri = prev_uri
+            raise
+        self._active, self._prev_uri = rec, prev_uri
+        return rec
+
+    def _open(
+        self,
+        experiment_name: str | None,
+        recorder_name: str | None,
+        recorder_id: str | None,
+        resume: bool,
+    ) -> Recorder:
         exp = self.get_exp(experiment_name)
         rec: Recorder | None = None
         if resume:
@@ -921,13 +938,13 @@ class RecorderAPI:
             raise ConfigError("recorder_id needs resume=True", "recorder_id")
         if rec is None:
             rec = exp.create_recorder(recorder_name)
-        self._active = rec
         return rec
 
     def end_exp(self, recorder_status: str = "FINISHED") -> None:
         """End the active recorder with that status (no-op if none is running)."""
         rec, self._active = self._active, None
         if rec is not None:
+            self._uri = self._prev_uri
             rec.end_run(recorder_status)
 
     @contextlib.contextmanager

@@ -265,3 +265,20 @@ def test_store_resolution(tmp_path: Path) -> None:
     assert remote.kind == "remote" and "pw" not in remote.shown
     with pytest.raises(ConfigError, match="sqlite:///"):
         resolve_store("sqlite://relative.db")
+
+
+def test_start_with_uri_is_for_that_recorder_only(
+    exp_name: str, store_dir: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-store"
+    with R.start(experiment_name=exp_name, uri=str(other)) as rec:
+        assert R.uri == str(other)
+        with pytest.raises(TrackingError, match="while a recorder is running"):
+            R.set_uri(str(store_dir))
+        R.log_metrics(x=1.0)
+    assert R.uri == str(store_dir)
+    assert (other / "mlflow.db").exists()
+    assert set(R.list_recorders(exp_name, uri=str(other))) == {rec.id}
+    assert rec.list_metrics() == {"x": 1.0}
+    with pytest.raises(TrackingError, match="no experiment named"):
+        R.list_recorders(exp_name)  # not in the session store
