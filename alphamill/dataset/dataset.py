@@ -92,18 +92,41 @@ class DatasetH(Dataset):
         return out
 
     def _check_against_calendar(self) -> None:
-        rng = self.handler.calendar_range()
+        """Each segment must hold trading days, all inside the handler's loaded window.
+
+        A segment whose explicit bounds reach past the handler's ``start_time``/``end_time``
+        would silently get fewer days (Qlib's behaviour); here it is an error naming both. An
+        open bound (``None``) means "as far as the handler's data goes".
+        """
+        cal = self.handler.calendar()
         where = f"{self.path}.segments"
-        if rng is None:
+        if len(cal) == 0:
             raise ConfigError("the handler loaded no data (check its dates and instruments)", where)
-        first, last = rng
-        span = f"{first.date()} .. {last.date()}"
+        span = f"{cal[0].date()} .. {cal[-1].date()}"
+        h_start = getattr(self.handler, "start_time", None)
+        h_end = getattr(self.handler, "end_time", None)
+        hpath = getattr(self.handler, "path", f"{self.path}.handler.kwargs")
         for name, (start, end) in self.segments.items():
-            if (start is not None and start > last) or (end is not None and end < first):
-                s = "..." if start is None else start.date()
-                e = "..." if end is None else end.date()
+            lo = 0 if start is None else int(cal.searchsorted(start, side="left"))
+            hi = len(cal) if end is None else int(cal.searchsorted(end, side="right"))
+            s = "..." if start is None else start.date()
+            e = "..." if end is None else end.date()
+            if lo >= hi:
                 raise ConfigError(
-                    f"segment {s} .. {e} lies outside the data's calendar {span}",
+                    f"segment {s} .. {e} holds no trading day of the data's calendar {span}",
+                    f"{where}.{name}",
+                )
+            days = cal[lo:hi]
+            if start is not None and h_start is not None and days[0] < h_start:
+                raise ConfigError(
+                    f"segment {s} .. {e} starts before the handler's start_time "
+                    f"{h_start.date()} ({hpath}.start_time): its first days would be missing",
+                    f"{where}.{name}",
+                )
+            if end is not None and h_end is not None and days[-1] > h_end:
+                raise ConfigError(
+                    f"segment {s} .. {e} ends after the handler's end_time {h_end.date()} "
+                    f"({hpath}.end_time): its last days would be missing",
                     f"{where}.{name}",
                 )
 

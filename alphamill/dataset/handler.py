@@ -139,9 +139,13 @@ class DataHandlerLP(DataHandler):
         infer_processors: Sequence[Any] = (),
         learn_processors: Sequence[Any] = (),
         process_type: str = PTYPE_A,
+        drop_raw: bool = False,
         path: str = HANDLER_PATH,
     ):
         self.path = path
+        if not isinstance(drop_raw, bool):
+            raise ConfigError(f"expected true or false, got {drop_raw!r}", f"{path}.drop_raw")
+        self.drop_raw = drop_raw
         self.start_time = to_timestamp(start_time, f"{path}.start_time")
         self.end_time = to_timestamp(end_time, f"{path}.end_time")
         self.fit_start_time = to_timestamp(fit_start_time, f"{path}.fit_start_time")
@@ -167,6 +171,7 @@ class DataHandlerLP(DataHandler):
                     f"{path}.infer_processors.{i}",
                 )
         self._data: pd.DataFrame | None = None
+        self._calendar: pd.DatetimeIndex | None = None
         self._infer: pd.DataFrame | None = None
         self._learn: pd.DataFrame | None = None
         if data is not None:
@@ -234,6 +239,8 @@ class DataHandlerLP(DataHandler):
             raise ConfigError("handler data must have two-level (group, name) columns", self.path)
         if not _dates_sorted(data.index):
             data = data.sort_index()
+        codes = np.unique(np.asarray(data.index.codes[0]))
+        self._calendar = pd.DatetimeIndex(data.index.levels[0][codes[codes >= 0]]).sort_values()
         self._data = datetime_slice(data, self.start_time, self.end_time)
         self.process_data(with_fit=True)
 
@@ -256,6 +263,8 @@ class DataHandlerLP(DataHandler):
                 proc.fit(self._fit_view(learn))
             learn = proc(learn)
         self._learn = learn
+        if self.drop_raw:
+            self._data = None
 
     # -- access -----------------------------------------------------------------------------
     def _get_df(self, data_key: str) -> pd.DataFrame:
@@ -265,6 +274,10 @@ class DataHandlerLP(DataHandler):
                 f"unknown data_key {data_key!r}; expected 'raw', 'infer' or 'learn'", "data_key"
             )
         df = frames[data_key]
+        if df is None and data_key == self.DK_R and self.drop_raw and self._infer is not None:
+            raise ConfigError(
+                "the raw data was dropped after processing (drop_raw=true)", f"{self.path}.drop_raw"
+            )
         if df is None:
             raise RuntimeError("no data loaded")
         return df
@@ -316,13 +329,18 @@ class DataHandlerLP(DataHandler):
             "learn": [state(p) for p in self.learn_processors],
         }
 
+    def calendar(self) -> pd.DatetimeIndex:
+        """Trading days of the data given (before trimming to start_time/end_time)."""
+        if self._calendar is None:
+            raise RuntimeError("no data loaded")
+        return self._calendar
+
     def calendar_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-        """First and last date of the raw data (``None`` when empty)."""
-        df = self._get_df(self.DK_R)
-        if df.empty:
+        """First and last trading day of the data (``None`` when empty)."""
+        cal = self.calendar()
+        if len(cal) == 0:
             return None
-        dates = df.index.get_level_values(0)
-        return dates[0], dates[-1]
+        return pd.Timestamp(cal[0]), pd.Timestamp(cal[-1])
 
 
 class Alpha158(DataHandlerLP):
@@ -381,6 +399,7 @@ class Alpha158(DataHandlerLP):
             infer_processors=infer_processors,
             learn_processors=learn_processors,
             process_type=process_type,
+            drop_raw=drop_raw,
             path=path,
         )
         self.instruments = instruments
@@ -408,12 +427,9 @@ class Alpha158(DataHandlerLP):
         )
         return to_two_level(flat, label_names=label_names(self.label))
 
-    def calendar_range(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-        """The data source's full calendar range (segments are checked against it)."""
-        cal = self.source.calendar()
-        if len(cal) == 0:
-            return None
-        return pd.Timestamp(cal[0]), pd.Timestamp(cal[-1])
+    def calendar(self) -> pd.DatetimeIndex:
+        """The data source's whole calendar (not only the loaded window)."""
+        return pd.DatetimeIndex(self.source.calendar())
 
     def fingerprint(self) -> str:
         """The data source's fingerprint (logged with every run)."""

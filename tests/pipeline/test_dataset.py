@@ -139,7 +139,7 @@ def test_segment_validation(panel):
     h = DataHandlerLP(panel)
     with pytest.raises(ConfigError, match=r"dataset\.kwargs\.segments\.train: start 2020-06-30"):
         DatasetH(h, {"train": ("2020-06-30", "2020-01-01")})
-    with pytest.raises(ConfigError, match=r"segments\.test: .*outside the data's calendar"):
+    with pytest.raises(ConfigError, match=r"segments\.test: .*holds no trading day of the data's calendar 2020-01-01 \.\. 2020-12-31"):
         DatasetH(h, {"train": ("2020-01-01", "2020-06-30"), "test": ("2021-01-01", "2021-06-30")})
     with pytest.raises(ConfigError, match=r"segments\.valid\.1: expected a date"):
         DatasetH(h, {"valid": ("2020-01-01", "soon")})
@@ -147,6 +147,16 @@ def test_segment_validation(panel):
         DatasetH(h, {"train": "2020-01-01"})
     with pytest.raises(ConfigError, match=r"dataset\.kwargs\.segments: expected a mapping"):
         DatasetH(h, {})
+    # a segment reaching past the handler's loaded window would lose days: error
+    short = DataHandlerLP(panel, start_time="2020-02-01", end_time="2020-11-30")
+    with pytest.raises(ConfigError, match=r"segments\.test: .*ends after the handler's end_time "
+                       r"2020-11-30 \(dataset\.kwargs\.handler\.kwargs\.end_time\)"):
+        DatasetH(short, {"test": ("2020-10-01", "2020-12-31")})
+    with pytest.raises(ConfigError, match=r"segments\.train: .*starts before the handler's start_time"):
+        DatasetH(short, {"train": ("2020-01-01", "2020-06-30")})
+    # open bounds mean "as far as the handler's data goes"
+    ds = DatasetH(short, {"train": (None, "2020-06-30"), "test": ("2020-10-01", None)})
+    assert ds.prepare("test").index.get_level_values(0).max() == pd.Timestamp("2020-11-30")
     # open-ended and partly-overlapping segments are fine
     ds = DatasetH(h, {"train": (None, "2020-03-31"), "test": ("2020-12-01", "2021-12-31")})
     assert ds.prepare("test").index.get_level_values(0).max() == pd.Timestamp("2020-12-31")
@@ -242,3 +252,12 @@ def test_unsorted_input_is_sorted_by_date(panel):
     h = DataHandlerLP(shuffled, start_time="2020-02-01", end_time="2020-02-29")
     got = h.fetch(col_set="__raw", data_key="raw")
     pd.testing.assert_frame_equal(got, panel.loc["2020-02-01":"2020-02-29"])
+
+
+def test_drop_raw(panel):
+    h = DataHandlerLP(panel, infer_processors=[ShiftByFitMean()], drop_raw=True)
+    assert len(h.fetch(data_key="infer")) == len(panel)
+    with pytest.raises(ConfigError, match=r"drop_raw: the raw data was dropped"):
+        h.fetch(data_key="raw")
+    ds = DatasetH(h, SEGMENTS)
+    assert len(ds.prepare("test")) == len(panel.loc["2020-10-01":])
