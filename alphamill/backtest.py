@@ -80,6 +80,10 @@ def price_panel(prices: Any, deal_price: str = "close") -> tuple[pd.DataFrame, p
     """
     col = _deal_column(deal_price)
     volume = None
+    if isinstance(prices, (pd.Series, pd.DataFrame)) and isinstance(prices.index, pd.MultiIndex):
+        names = list(prices.index.names)
+        if "datetime" in names and names.index("datetime") != 0:  # Qlib's (instrument, datetime)
+            prices = prices.swaplevel(0, names.index("datetime"))
     if isinstance(prices, pd.Series):
         if not isinstance(prices.index, pd.MultiIndex):
             raise ConfigError("a price Series needs an index (datetime, instrument)", "prices")

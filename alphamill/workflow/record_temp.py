@@ -471,11 +471,13 @@ class PortAnaRecord(RecordTemp):
 
 
 def _handler_data(task: Any) -> Any:
-    if not isinstance(task, Mapping):
-        return None
-    from alphamill.data import _handler_data as handler_data
-
-    return handler_data(task)
+    """``task["dataset"]["kwargs"]["handler"]["kwargs"]["data"]`` when present."""
+    node = task
+    for key in ("dataset", "kwargs", "handler", "kwargs", "data"):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
 
 
 def _data_spec_of(dataset: Any) -> Any:

@@ -45,6 +45,7 @@ import json
 import os
 import random
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -185,6 +186,20 @@ def _retry(fn: Callable[[], T], what: str = "") -> T:
 _retry.count = 0  # type: ignore[attr-defined]
 
 _clients: dict[tuple[int, str], MlflowClient] = {}
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker must not share the parent's database connections: drop them (without
+    closing, which would disturb the parent) so the child opens its own."""
+    _clients.clear()
+    mod = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if mod is not None:
+        for engine in list(mod.SqlAlchemyStore._engine_map.values()):
+            engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def open_client(uri: str | None = None) -> MlflowClient:

@@ -282,3 +282,30 @@ def test_start_with_uri_is_for_that_recorder_only(
     assert rec.list_metrics() == {"x": 1.0}
     with pytest.raises(TrackingError, match="no experiment named"):
         R.list_recorders(exp_name)  # not in the session store
+
+
+def _forked_child(exp_name: str, queue) -> None:  # runs in a forked process
+    try:
+        with R.start(experiment_name=exp_name, recorder_name="child") as rec:
+            R.log_metrics(child=1.0)
+            R.save_objects(x=[1, 2])
+        queue.put(rec.id)
+    except BaseException as e:  # report instead of dying silently
+        queue.put(f"error: {type(e).__name__}: {e}")
+
+
+def test_forked_worker_opens_its_own_connections(exp_name: str) -> None:
+    import multiprocessing as mp
+
+    with R.start(experiment_name=exp_name, recorder_name="parent") as parent:
+        R.log_metrics(parent=1.0)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_forked_child, args=(exp_name, queue))
+    proc.start()
+    child_id = queue.get(timeout=300)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0 and not child_id.startswith("error"), child_id
+    recs = R.list_recorders(exp_name)  # the parent's connections still work
+    assert set(recs) == {parent.id, child_id}
+    assert recs[child_id].load_object("x") == [1, 2]
