@@ -2,8 +2,9 @@
 
 * :class:`TrainerR` trains in this process, in order, with a progress bar
   (``call_in_subproc=True``: each task in one fresh child process, so memory is released).
-* :class:`TrainerRM` stores the tasks in a task pool and trains them with ``n_jobs`` local
-  worker processes, or leaves them to external ``alphamill worker`` processes on other
+* :class:`TrainerRM` stores the tasks in a task pool and trains them in this process
+  (``n_jobs=1``) or ``n_jobs`` local worker processes, or leaves them to external
+  ``alphamill worker`` processes on other
   machines (``skip_run_task=True``); it waits with a progress display and returns the
   recorders in task order.
 * :class:`DelayTrainerR` / :class:`DelayTrainerRM`: two stages as in Qlib. ``train`` only
@@ -156,8 +157,16 @@ def _progress(total: int, label: str, enabled: bool = True):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         disable=not enabled,
+        console=_stderr_console(),
     )
     return progress, total
+
+
+def _stderr_console() -> Any:
+    """Progress goes to stderr, so ``--json`` output on stdout stays parseable."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 # -- worker-side functions --------------------------------------------------------------------
@@ -384,9 +393,10 @@ class TrainerRM(Trainer):
     ``task_pool`` names the pool inside the store at ``url`` (default: the ``pool_url``
     setting, the embedded SQLite pool). ``train`` stores the tasks (deduplicated by content
     hash, with ``meta.experiment_name`` set; tasks already ``done`` are not trained again,
-    ``failed`` ones are put back to ``waiting``), starts ``n_jobs`` worker processes unless
-    ``skip_run_task`` (then ``alphamill worker`` processes elsewhere do the work), waits
-    showing done / running / failed with elapsed and remaining time, and returns the
+    ``failed`` ones are put back to ``waiting``), trains them - in this process when
+    ``n_jobs=1`` (as Qlib's TrainerRM), else in ``n_jobs`` spawned worker processes; with
+    ``skip_run_task`` (or ``n_jobs=0``) ``alphamill worker`` processes elsewhere do the work -
+    waits showing done / running / failed with elapsed and remaining time, and returns the
     recorders in task order. A task that still failed raises :class:`TrainingFailed`.
 
     ``lease_seconds``/``heartbeat_interval``/``max_attempts`` are passed to the pool;
@@ -509,18 +519,44 @@ class TrainerRM(Trainer):
         self.last_stats["trained"] = stat.get(before, 0)
         if not todo:
             return stat
+        n = min(self.n_jobs, max(stat.get(before, 0), 1))
+        if not self.skip_run_task and n == 1:
+            return self._run_here(tm, query, len(unique), before, after, func)
         procs: list[Any] = []
         if not self.skip_run_task:
             from alphamill.task.worker import check_config
 
             cfg = self._worker_config(tm.url, query, before, after, func)
-            n = min(self.n_jobs, max(stat.get(before, 0), 1))
             check_config(cfg, n)
             procs = _start_workers(cfg, n)
         try:
             return _wait(tm, query, len(unique), self.poll_interval, self.progress, self.timeout, procs, after)
         finally:
             _stop_workers(procs)
+
+    def _run_here(self, tm: Any, query: dict[str, Any], total: int, before: str, after: str,
+                  func: str) -> dict[str, int]:
+        """One worker: this process (as Qlib's TrainerRM), with the same progress display."""
+        from alphamill.task.manage import execute_task
+
+        fn = _load(func)
+        kwargs = self._worker_kwargs() if func == POOL_TRAIN_FUNC else {}
+        display = _PoolProgress(total, self.progress, after)
+        with display:
+            while True:
+                stat = tm.task_stat(query)
+                display.update(stat)
+                task = tm.fetch_task(query=query, status=before)
+                if task is None:
+                    if stat.get(before):  # a failed attempt waiting for its retry backoff
+                        time.sleep(min(0.5, max(tm.retry_backoff, 0.01)))
+                        tm.requeue_expired()
+                        continue
+                    break
+                execute_task(tm, task, fn, kwargs, after_status=after)
+        if stat.get(RUNNING):  # claimed by workers elsewhere: wait for them
+            return _wait(tm, query, total, self.poll_interval, self.progress, self.timeout, [], after)
+        return tm.task_stat(query)
 
     def _recorders(self, tm: Any, ids: list[str], accept: tuple[str, ...] = (DONE,)) -> list[Any]:
         by_id = {t["_id"]: t for t in tm.query({"_id": {"$in": sorted(set(ids))}})}
@@ -654,36 +690,54 @@ def _stop_workers(procs: list[Any], grace: float = 10.0) -> None:
             p.join(1.0)
 
 
+class _PoolProgress:
+    """Progress of pool tasks: a bar with done / running / failed, elapsed and remaining time."""
+
+    def __init__(self, total: int, enabled: bool, target: str = DONE):
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.target = target
+        self.bar = Progress(
+            TextColumn("[bold]tasks"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("done {task.fields[done]} running {task.fields[running]} failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not enabled,
+            console=_stderr_console(),
+        )
+        self.task = self.bar.add_task("tasks", total=total, done=0, running=0, failed=0)
+
+    def __enter__(self) -> _PoolProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def update(self, stat: Mapping[str, int]) -> None:
+        done = stat.get(self.target, 0) + (stat.get(DONE, 0) if self.target != DONE else 0)
+        self.bar.update(self.task, completed=done + stat.get(FAILED, 0), done=done,
+                        running=stat.get(RUNNING, 0), failed=stat.get(FAILED, 0))
+
+
 def _wait(tm: Any, query: dict[str, Any], total: int, poll: float, progress: bool, timeout: float | None,
           procs: list[Any], target: str, undone: tuple[str, ...] = (WAITING, RUNNING, PART_DONE)) -> dict[str, int]:
     """Poll the pool until no matching task is undone; show done / running / failed."""
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]tasks"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("done {task.fields[done]} running {task.fields[running]} failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    )
     start = time.monotonic()
     if target == PART_DONE:
         undone = tuple(s for s in undone if s != PART_DONE)
-    with bar:
-        task = bar.add_task("tasks", total=total, done=0, running=0, failed=0)
+    with _PoolProgress(total, progress, target) as display:
         while True:
             stat = tm.task_stat(query)
-            done = stat.get(target, 0) + (stat.get(DONE, 0) if target != DONE else 0)
-            bar.update(task, completed=done + stat.get(FAILED, 0), done=done,
-                       running=stat.get(RUNNING, 0), failed=stat.get(FAILED, 0))
+            display.update(stat)
             if not any(stat.get(s) for s in undone):
                 return stat
             if procs and not any(p.is_alive() for p in procs) and not stat.get(RUNNING):

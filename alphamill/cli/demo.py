@@ -105,14 +105,12 @@ def flagship_demo(small: bool, workers: int, fresh: bool, report: str | None, ur
     """Run the flagship experiment (see the module docstring) and print its results."""
     from pathlib import Path
 
-    from rich.console import Console
-
-    from alphamill.cli.run import run_and_print
+    from alphamill.cli.run import make_console, run_and_print
     from alphamill.config import get_setting
     from alphamill.data import default_demo_path, ensure_demo_market
     from alphamill.workflow.experiment import SMALL_MARKET, flagship_config, parse_config
 
-    console = Console(highlight=False)
+    console = make_console()
     t0 = time.monotonic()
     if small:
         market = (Path(get_setting("home")) / "data" / "demo-small").absolute()

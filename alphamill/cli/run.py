@@ -51,17 +51,24 @@ def default_report_path(experiment: str) -> Path:
     return Path(get_setting("home")) / "reports" / f"{experiment}.html"
 
 
+def make_console(stderr: bool = False) -> Any:
+    """A console at least 120 columns wide when not on a terminal, so tables do not wrap."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(highlight=False, stderr=stderr, width=None if stream.isatty() else 140)
+
+
 def run_and_print(cfg: Any, *, as_json: bool = False, fresh: bool = False, report: str | None = None,
                   console: Any = None) -> Any:
     """Run a parsed config, print the tables (or JSON), write the report; return the results."""
-    from rich.console import Console
-
     from alphamill.workflow.experiment import run_experiment
 
-    console = console or Console(highlight=False, stderr=as_json)
+    console = console or make_console(stderr=as_json)
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-    results = run_experiment(cfg, echo=console.print, progress=True, fresh=fresh, timings=timings)
+    results = run_experiment(cfg, echo=lambda text: console.print(text, soft_wrap=True), progress=True,
+                             fresh=fresh, timings=timings)
     path = results.report(report or cfg.report or default_report_path(cfg.experiment),
                           notes={"config": cfg.source, "pool": cfg.pool_name})
     elapsed = time.monotonic() - t0
@@ -72,7 +79,7 @@ def run_and_print(cfg: Any, *, as_json: bool = False, fresh: bool = False, repor
         click.echo(json.dumps(out, indent=1, default=str))
     else:
         print_results(console, results)
-        console.print(f"report: [bold]{path}[/]")
+        console.print(f"report: [bold]{path}[/]", soft_wrap=True)
         console.print(f"done in {elapsed:.1f} s")
     return results
 

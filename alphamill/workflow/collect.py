@@ -119,14 +119,22 @@ class Collector:
 
     @staticmethod
     def process_collect(collected_dict: dict, process_list: Iterable[Callable[[dict], Any]] = (),
-                        *args: Any, **kwargs: Any) -> Any:
-        """Apply each process in turn (each takes the previous result)."""
-        result = collected_dict
+                        *args: Any, **kwargs: Any) -> dict:
+        """Apply each process in turn to every artifact's dict (Qlib's semantics): for
+        ``{"pred": {key: pred}}`` a :class:`~alphamill.ens.RollingGroup` receives
+        ``{key: pred}``."""
+        if callable(process_list):
+            process_list = [process_list]
+        process_list = list(process_list)
         for i, process in enumerate(process_list):
             if not callable(process):
                 raise ConfigError(f"expected a callable (a Group or an ensemble), got {process!r}",
                                   f"process_list[{i}]")
-            result = process(result, *args, **kwargs)
+        result = {}
+        for artifact, value in collected_dict.items():
+            for process in process_list:
+                value = process(value, *args, **kwargs)
+            result[artifact] = value
         return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -415,11 +415,12 @@ def build_generators(cfg: RunConfig, calendar: Sequence[Any] | None = None) -> l
     return out
 
 
-def build_tasks(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Every task of the run (the template through each generator)."""
+def build_tasks(cfg: RunConfig, calendar: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """Every task of the run (the template through each generator). The trading calendar is
+    the task's data's (``calendar`` overrides it)."""
     from alphamill.task.gen import task_generator
 
-    gens = build_generators(cfg)
+    gens = build_generators(cfg, calendar)
     if not gens:
         return [copy.deepcopy(cfg.task)]
     return task_generator([cfg.task], gens)
@@ -451,11 +452,8 @@ def warm_feature_cache(tasks: Sequence[dict[str, Any]]) -> float:
     """Compute each distinct handler's features once, before the workers start, so the
     workers read them from the cache instead of all computing them at once. Returns seconds."""
     t0 = time.perf_counter()
-    try:
-        from alphamill.features.cache import load_features
-    except ImportError:
-        return 0.0
     from alphamill.data import open_data
+    from alphamill.features.cache import ensure_cached
 
     done: set[str] = set()
     for task in tasks:
@@ -463,12 +461,11 @@ def warm_feature_cache(tasks: Sequence[dict[str, Any]]) -> float:
         if not isinstance(handler, dict) or str(handler.get("class", "")).rsplit(".", 1)[-1] != "Alpha158":
             continue
         hk = handler.get("kwargs") or {}
-        key = repr((hk.get("data"), hk.get("instruments", "all"), hk.get("label"), hk.get("cache_dir")))
+        key = repr((hk.get("data"), hk.get("label"), hk.get("cache_dir")))
         if key in done:
             continue
         done.add(key)
-        load_features(open_data(hk.get("data")), instruments=hk.get("instruments", "all"), start=None, end=None,
-                      label=hk.get("label"), cache_dir=hk.get("cache_dir"))
+        ensure_cached(open_data(hk.get("data")), label=hk.get("label"), cache_dir=hk.get("cache_dir"))
     return time.perf_counter() - t0
 
 
@@ -563,7 +560,7 @@ def flagship_config(small: bool = False, data: str | None = None) -> dict[str, A
     (2010-2012, test 2012 in windows of 100 days) for tests; ``data`` is its market folder."""
     if small:
         model = {**FLAGSHIP_LGB, "num_leaves": 15, "max_depth": 4, "num_boost_round": 30,
-                 "early_stopping_rounds": 10, "learning_rate": 0.1}
+                 "early_stopping_rounds": 10, "learning_rate": 0.1, "lambda_l1": 1.0, "lambda_l2": 1.0}
         span = ("2010-01-01", "2012-12-31")
         segments = {"train": ["2010-01-01", "2011-06-30"], "valid": ["2011-07-01", "2011-12-31"],
                     "test": ["2012-01-01", "2012-12-31"]}

@@ -127,9 +127,11 @@ class ExperimentResults:
         raws = got[RecorderCollector.ART_KEY_RAW]
         run_ids = {k: r.id for k, r in raws.items()}
         data = None
-        for rec in raws.values():
-            handler = task_of(rec).get("dataset", {}).get("kwargs", {}).get("handler", {})
-            data = (handler.get("kwargs") or {}).get("data") if isinstance(handler, Mapping) else None
+        for rec in raws.values():  # the market the records used (SignalRecord's tag, else the task's)
+            data = rec.list_tags().get("alphamill.data")
+            if data is None:
+                handler = task_of(rec).get("dataset", {}).get("kwargs", {}).get("handler", {})
+                data = (handler.get("kwargs") or {}).get("data") if isinstance(handler, Mapping) else None
             break
         return cls(experiment_name, got["pred"], got["label"], run_ids, data=data, **kwargs)
 
