@@ -213,6 +213,47 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _can_fork() -> bool:
+    """Fork only from a single-threaded process (a fork copies no other thread, so a
+    lock held by one could never be released in the child)."""
+    import multiprocessing as mp
+    import threading
+
+    return "fork" in mp.get_all_start_methods() and threading.active_count() == 1
+
+
+def _run_forked(run_chunk, starts: list[int], n_workers: int) -> None:
+    """Run chunks in forked worker processes that write into the shared output buffer.
+
+    Processes, unlike threads, also spread numpy's per-call Python overhead over the
+    cores. A chunk whose worker fails is recomputed in this process.
+    """
+    import multiprocessing as mp
+
+    groups = [starts[i::n_workers] for i in range(n_workers)]
+
+    def work(group: list[int]) -> None:
+        code = 0
+        try:
+            for lo in group:
+                run_chunk(lo)
+        except BaseException:  # reported through the exit code; the parent redoes it
+            code = 1
+        os._exit(code)
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=work, args=(g,), daemon=True) for g in groups]
+    for p in procs:
+        p.start()
+    failed: list[int] = []
+    for p, g in zip(procs, groups, strict=True):
+        p.join()
+        if p.exitcode != 0:
+            failed.extend(g)
+    for lo in failed:
+        run_chunk(lo)
+
+
 #: Instruments evaluated together: small enough for the working arrays to stay in the
 #: CPU cache, large enough that numpy's per-call overhead stays small.
 CHUNK_INSTRUMENTS = 64
@@ -242,10 +283,21 @@ def evaluate(
     n_rows = int(inst_start[-1])
     # Chunks of instruments fill contiguous slices of an instrument-major buffer; each
     # column is then reordered in place to (datetime, instrument) order.
-    buf = np.empty((len(roots), n_rows), dtype=np.float32)
     step = max(1, int(chunk or CHUNK_INSTRUMENTS))
+    starts = list(range(0, n, step))
+    n_workers = max(1, min(int(threads or default_threads()), len(starts)))
+    forked = n_workers > 1 and _can_fork()
+    if forked:  # anonymous shared mapping: forked workers write their chunks into it
+        import mmap
+
+        nbytes = max(1, len(roots) * n_rows * 4)
+        buf = np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.float32)[: len(roots) * n_rows]
+        buf = buf.reshape(len(roots), n_rows)
+    else:
+        buf = np.empty((len(roots), n_rows), dtype=np.float32)
 
     def run_chunk(lo: int) -> None:
+        dest = buf
         hi = min(n, lo + step)
         grid = ops.Grid(
             first=dense.grid.first[lo:hi],
@@ -258,21 +310,20 @@ def evaluate(
 
         def sink(i: int, value) -> None:
             if isinstance(value, np.ndarray):
-                buf[i, a:b] = value.T[keep]
+                dest[i, a:b] = value.T[keep]
             else:
-                buf[i, a:b] = np.float32(value)
+                dest[i, a:b] = np.float32(value)
 
         ex.Evaluator(fields, grid).evaluate_many(roots, sink)
 
-    starts = list(range(0, n, step))
-    n_threads = max(1, min(int(threads or default_threads()), len(starts)))
-    if n_threads == 1:
+    if n_workers == 1:
         for lo in starts:
             run_chunk(lo)
+    elif forked:
+        _run_forked(run_chunk, starts, n_workers)
     else:
-        # numpy releases the GIL inside its loops, so chunks overlap on several cores;
-        # each chunk writes its own slice of the buffer
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        # numpy releases the GIL inside its loops, so chunks still overlap on threads
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
             list(pool.map(run_chunk, starts))
     day_idx, inst_idx = np.nonzero(present)
     pos_im = np.cumsum(present.T.ravel()).reshape(n, t) - 1
