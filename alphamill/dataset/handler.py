@@ -109,6 +109,42 @@ def _dates_sorted(index: pd.MultiIndex) -> bool:
     return bool((np.diff(codes) >= 0).all())
 
 
+def _row_local(proc: Any) -> bool:
+    """Whether ``proc`` transforms each row, or each day, independently of other days.
+
+    alphamill's processors all do (fitted ones apply fixed parameters); a custom processor can
+    say so with a ``row_local = True`` attribute. Others are treated as needing the whole panel.
+    """
+    flag = getattr(proc, "row_local", None)
+    if flag is not None:
+        return bool(flag)
+    from alphamill.features import processors as procs
+
+    return type(proc) in procs.PROCESSORS.values()
+
+
+def _needs_fit(proc: Any) -> bool:
+    """Whether ``proc`` learns anything in ``fit`` (the processor base class's fit does not)."""
+    from alphamill.features.processors import Processor
+
+    return not (isinstance(proc, Processor) and type(proc).fit is Processor.fit)
+
+
+def _own(df: pd.DataFrame) -> pd.DataFrame:
+    """A frame processors may modify without touching ``df``.
+
+    With copy-on-write (pandas >= 3) a shallow copy suffices; older pandas needs a real copy.
+    """
+    if _COW:
+        return df.copy(deep=False)
+    return df.copy()
+
+
+_COW = int(pd.__version__.split(".")[0]) >= 3 or bool(
+    getattr(pd.options.mode, "copy_on_write", False) is True
+)
+
+
 class DataHandler:
     """Marker base class (Qlib's ``DataHandler``) accepted where a handler is expected."""
 
@@ -117,8 +153,9 @@ class DataHandlerLP(DataHandler):
     """A panel with infer/learn processing (Qlib's ``DataHandlerLP``).
 
     ``data`` is a DataFrame indexed ``(datetime, instrument)`` with columns ``(group, name)``.
-    Processors are instances or ``{"class", "module_path", "kwargs"}`` configs (default module
-    ``alphamill.features.processors``).
+    Processors are instances or ``{"class", "module_path", "kwargs"}`` configs (Qlib's names map
+    onto ``alphamill.features.processors``). ``lazy`` chooses how the views are kept (see
+    :meth:`process_data`): ``None`` decides from the processors, ``False`` materialises them.
     """
 
     DK_R = "raw"
@@ -140,9 +177,12 @@ class DataHandlerLP(DataHandler):
         learn_processors: Sequence[Any] = (),
         process_type: str = PTYPE_A,
         drop_raw: bool = False,
+        lazy: bool | None = None,
         path: str = HANDLER_PATH,
     ):
         self.path = path
+        self._lazy_option = lazy
+        self.lazy = False
         if not isinstance(drop_raw, bool):
             raise ConfigError(f"expected true or false, got {drop_raw!r}", f"{path}.drop_raw")
         self.drop_raw = drop_raw
@@ -241,23 +281,41 @@ class DataHandlerLP(DataHandler):
             data = data.sort_index()
         codes = np.unique(np.asarray(data.index.codes[0]))
         self._calendar = pd.DatetimeIndex(data.index.levels[0][codes[codes >= 0]]).sort_values()
-        self._data = datetime_slice(data, self.start_time, self.end_time)
+        self._data = _own(datetime_slice(data, self.start_time, self.end_time))
         self.process_data(with_fit=True)
 
     def _fit_view(self, df: pd.DataFrame) -> pd.DataFrame:
         return datetime_slice(df, self.fit_start_time, self.fit_end_time)
 
     def process_data(self, with_fit: bool = False) -> None:
-        """Compute the infer and learn views (Qlib's semantics, see the module docstring)."""
+        """Fit the processors and prepare the infer and learn views (Qlib's semantics).
+
+        When every processor works row by row or day by day (all of alphamill's do), the views
+        are computed on demand for the dates fetched, which gives the same rows as processing
+        the whole panel but never holds a second copy of it: processors are fitted here on the
+        fit window, each on the previous one's output, and applied at fetch time. Otherwise
+        (a custom processor, or ``lazy=False``) both views are materialised now, as Qlib does.
+        """
         if self._data is None:
             raise RuntimeError("no data loaded")
-        infer = self._data
+        procs = [*self.infer_processors, *self.learn_processors]
+        self.lazy = (
+            all(_row_local(p) for p in procs) if self._lazy_option is None else self._lazy_option
+        )
+        if self.lazy:
+            self._infer = self._learn = None
+            if with_fit:
+                self._fit_on_window()
+            return
+        infer = _own(self._data) if self.infer_processors else self._data
         for proc in self.infer_processors:
             if with_fit:
                 proc.fit(self._fit_view(infer))
             infer = proc(infer)
         self._infer = infer
         learn = infer if self.process_type == self.PTYPE_A else self._data
+        if self.learn_processors:
+            learn = _own(learn)
         for proc in self.learn_processors:
             if with_fit:
                 proc.fit(self._fit_view(learn))
@@ -266,21 +324,57 @@ class DataHandlerLP(DataHandler):
         if self.drop_raw:
             self._data = None
 
+    def _fit_on_window(self) -> None:
+        """Fit each processor on the fit window as transformed by the processors before it."""
+
+        def fit_chain(procs: list[Any], df: pd.DataFrame, feed_on: bool) -> pd.DataFrame | None:
+            last = max((i for i, p in enumerate(procs) if _needs_fit(p)), default=-1)
+            if last < 0 and not feed_on:
+                return None
+            for i, proc in enumerate(procs):
+                if i > last and not feed_on:
+                    break
+                proc.fit(df)
+                df = proc(df)
+            return df
+
+        base = _own(self._fit_view(self._data))
+        learn_fits = any(_needs_fit(p) for p in self.learn_processors)
+        appended = self.process_type == self.PTYPE_A
+        out = fit_chain(self.infer_processors, base, feed_on=learn_fits and appended)
+        if learn_fits:
+            fit_chain(self.learn_processors, out if appended else base, feed_on=False)
+
     # -- access -----------------------------------------------------------------------------
-    def _get_df(self, data_key: str) -> pd.DataFrame:
-        frames = {self.DK_R: self._data, self.DK_I: self._infer, self.DK_L: self._learn}
-        if data_key not in frames:
+    def _view(self, data_key: str, start: Any = None, end: Any = None) -> pd.DataFrame:
+        """Rows of ``[start, end]`` of one view (raw, infer or learn)."""
+        if data_key not in (self.DK_R, self.DK_I, self.DK_L):
             raise ConfigError(
                 f"unknown data_key {data_key!r}; expected 'raw', 'infer' or 'learn'", "data_key"
             )
-        df = frames[data_key]
-        if df is None and data_key == self.DK_R and self.drop_raw and self._infer is not None:
+        if data_key == self.DK_R and self.drop_raw:
             raise ConfigError(
                 "the raw data was dropped after processing (drop_raw=true)", f"{self.path}.drop_raw"
             )
-        if df is None:
+        if not self.lazy:
+            df = {self.DK_R: self._data, self.DK_I: self._infer, self.DK_L: self._learn}[data_key]
+            if df is None:
+                raise RuntimeError("no data loaded")
+            return datetime_slice(df, start, end)
+        if self._data is None:
             raise RuntimeError("no data loaded")
-        return df
+        raw = datetime_slice(self._data, start, end)
+        if data_key == self.DK_R:
+            return raw
+        infer = _own(raw) if self.infer_processors else raw
+        for proc in self.infer_processors:
+            infer = proc(infer)
+        if data_key == self.DK_I:
+            return infer
+        learn = infer if self.process_type == self.PTYPE_A else _own(raw)
+        for proc in self.learn_processors:
+            learn = proc(learn)
+        return learn
 
     def fetch(
         self,
@@ -293,21 +387,21 @@ class DataHandlerLP(DataHandler):
         """Rows selected on the datetime level (a slice of dates or one date), columns by group."""
         if level not in ("datetime", 0):
             raise ConfigError("only the datetime level can be selected", "level")
-        df = self._get_df(data_key)
         if isinstance(selector, slice):
-            df = datetime_slice(df, selector.start, selector.stop)
+            start, end = selector.start, selector.stop
         elif isinstance(selector, (tuple, list)) and len(selector) == 2:
-            df = datetime_slice(df, selector[0], selector[1])
+            start, end = selector
         else:
-            ts = pd.Timestamp(selector)
-            df = datetime_slice(df, ts, ts)
-        df = fetch_df_by_col(df, col_set)
+            start = end = pd.Timestamp(selector)
+        df = fetch_df_by_col(self._view(data_key, start, end), col_set)
         if squeeze and df.shape[1] == 1:
             return df.iloc[:, 0]
         return df
 
     def get_cols(self, col_set: str | Sequence[str] = CS_ALL, data_key: str = DK_I) -> list:
-        return list(fetch_df_by_col(self._get_df(data_key).iloc[:0], col_set).columns)
+        cal = self.calendar()
+        day = cal[0] if len(cal) else None
+        return list(fetch_df_by_col(self._view(data_key, day, day), col_set).columns)
 
     def processor_state(self) -> dict[str, list[dict[str, Any]]]:
         """The fitted processors as JSON-compatible dicts (class name plus ``to_state()``)."""

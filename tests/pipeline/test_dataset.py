@@ -261,3 +261,53 @@ def test_drop_raw(panel):
         h.fetch(data_key="raw")
     ds = DatasetH(h, SEGMENTS)
     assert len(ds.prepare("test")) == len(panel.loc["2020-10-01":])
+
+
+@pytest.mark.parametrize("process_type", ["append", "independent"])
+def test_lazy_views_equal_materialised_views(panel, process_type):
+    """Views computed per fetch give exactly the rows of processing the whole panel (Qlib)."""
+    p = panel.copy()
+    p.iloc[::37, 1] = np.inf  # something for ProcessInf to do
+    cfg = {
+        "fit_start_time": "2020-02-01",
+        "fit_end_time": "2020-07-31",
+        "infer_processors": [
+            "ProcessInf",
+            {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature"}},
+            {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
+        ],
+        "learn_processors": [
+            "DropnaLabel",
+            {"class": "ZScoreNorm", "kwargs": {"fields_group": "label"}},
+            {"class": "CSRankNorm", "kwargs": {"fields_group": "feature"}},
+        ],
+        "process_type": process_type,
+    }
+    snapshot = p.copy(deep=True)
+    lazy = DataHandlerLP(p, **cfg)
+    eager = DataHandlerLP(p, lazy=False, **cfg)
+    pd.testing.assert_frame_equal(p, snapshot)  # processors never write into the caller's data
+    assert lazy.lazy and not eager.lazy
+    for key in ("raw", "infer", "learn"):
+        for start, end in (*SEGMENTS.values(), (None, None), ("2020-03-03", "2020-03-03")):
+            pd.testing.assert_frame_equal(
+                lazy.fetch(slice(start, end), col_set="__raw", data_key=key),
+                eager.fetch(slice(start, end), col_set="__raw", data_key=key),
+            )
+    assert lazy.processor_state() == eager.processor_state()
+    # fetching never changes the raw data
+    pd.testing.assert_frame_equal(lazy.fetch(col_set="__raw", data_key="raw"), snapshot)
+    pd.testing.assert_frame_equal(eager.fetch(col_set="__raw", data_key="raw"), snapshot)
+
+
+def test_custom_processors_materialise_unless_row_local(panel):
+    assert not DataHandlerLP(panel, infer_processors=[ShiftByFitMean()]).lazy
+
+    class RowLocalScale(ScaleLabel):
+        row_local = True
+
+    h = DataHandlerLP(panel, learn_processors=[RowLocalScale()])
+    assert h.lazy
+    np.testing.assert_allclose(
+        h.fetch(col_set="label", data_key="learn")["LABEL0"], panel[("label", "LABEL0")] * 10
+    )
