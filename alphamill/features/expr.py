@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -132,18 +132,6 @@ def children(node: Node) -> tuple[Node, ...]:
     if kind == "call":
         return node[2]
     return ()
-
-
-def fields_used(nodes: Iterable[Node]) -> set[str]:
-    """The ``$fields`` an expression set reads."""
-    out: set[str] = set()
-    stack = list(nodes)
-    while stack:
-        n = stack.pop()
-        if n[0] == "field":
-            out.add(n[1])
-        stack.extend(children(n))
-    return out
 
 
 def max_lookahead(node: Node) -> int:
