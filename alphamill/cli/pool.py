@@ -133,7 +133,7 @@ def _short(value: Any, width: int = 60) -> str:
 @click.option("--query", "query_", default=None, help="Only tasks matching this JSON filter.")
 @click.option("--max-tasks", type=click.IntRange(min=1), default=None, help="Stop each process after N tasks.")
 @click.option("--until-empty", is_flag=True, help="Exit once nothing is waiting or running.")
-@click.option("--func", default=None, help="Task function module:function (default: alphamill's task_train).")
+@click.option("--func", default=None, help="Task function module:function (default: alphamill.trainer:pool_train).")
 @click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=None, help="Lease length in seconds.")
 @click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=None, help="Heartbeat interval in seconds.")
 @click.option("--prefetch", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks claimed per transaction (tiny tasks).")

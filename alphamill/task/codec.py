@@ -55,6 +55,9 @@ def pickle_key(pool: str) -> bytes:
 
 
 def _canonicalize(obj: Any, path: str) -> Any:
+    t = type(obj)
+    if obj is None or t is str or t is bool or t is int:  # the usual result: no work at all
+        return obj
     fast = plain_canonical(obj)
     if fast is not None:
         return fast[0]
@@ -63,15 +66,40 @@ def _canonicalize(obj: Any, path: str) -> Any:
     return canonicalize(obj, path=path)
 
 
-def plain_canonical(obj: Any) -> tuple[Any, str] | None:
-    """``(canonical value, canonical JSON text)`` of plain JSON data, or ``None``.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
-    The common task is plain JSON (dicts with string keys, lists, strings, numbers): for it
-    :func:`alphamill.canonical.canonical_json` is exactly ``json.dumps`` with sorted keys and
-    compact separators, which runs in C. The round trip proves the value was plain: anything
-    ``json`` cannot encode (dates, numpy, sets, NaN), converts silently (tuples, non-string
-    keys) or spells differently (``-0.0``) returns ``None`` and takes the full
-    :mod:`alphamill.canonical` path, which applies its rules or names the faulty path.
+
+def _keys_are_strings(obj: Any) -> bool:
+    """Whether every mapping inside ``obj`` has only ``str`` keys (iterative: no call per node)."""
+    stack = [obj]
+    pop, push = stack.pop, stack.append
+    while stack:
+        o = pop()
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if type(k) is not str:
+                    return False
+                if type(v) not in _SCALARS:
+                    push(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                if type(v) not in _SCALARS:
+                    push(v)
+    return True
+
+
+def plain_canonical(obj: Any) -> tuple[Any, str] | None:
+    """``(value, canonical JSON text)`` of JSON-like data, or ``None``.
+
+    The common task is plain JSON. For any value that ``json.dumps`` encodes without loss,
+    :func:`alphamill.canonical.canonical_json` produces the same text as ``json.dumps`` with
+    sorted keys and compact separators (which runs in C): tuples become lists in both,
+    subclasses of str/int/float and of dict/list are written as their base values in both.
+    The exceptions are checked here and sent down the full :mod:`alphamill.canonical` path,
+    which applies its rules or names the faulty path: values ``json`` cannot encode (dates,
+    numpy scalars other than float64, sets, NaN), non-string keys (``json`` would silently
+    turn them into strings) and ``-0.0``. The value is returned as given: the stores
+    serialise it to exactly this JSON.
     """
     t = type(obj)
     if obj is None or t is str or t is bool or t is int:
@@ -80,16 +108,9 @@ def plain_canonical(obj: Any) -> tuple[Any, str] | None:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return None
-    if "-0.0" in text:
+    if "-0.0" in text or not _keys_are_strings(obj):
         return None
-    value = json.loads(text)
-    try:
-        same = value == obj
-    except Exception:
-        return None
-    if same is not True:
-        return None
-    return value, text
+    return obj, text
 
 
 def fast_task_hash(definition: Any) -> str:

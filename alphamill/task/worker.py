@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
@@ -136,18 +136,20 @@ class _Shutdown:
         if self.in_task:
             raise _GraceExpired
 
-    @contextlib.contextmanager
-    def task(self) -> Iterator[None]:
+    def task(self) -> _Shutdown:
         """Marks the task function's run: only there may the grace timer interrupt."""
+        return self
+
+    def __enter__(self) -> None:
         self.in_task = True
-        try:
-            if self.requested and self.grace <= 0:
-                raise _GraceExpired
-            yield
-        finally:
+        if self.requested and self.grace <= 0:
             self.in_task = False
-            if self._installed:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            raise _GraceExpired
+
+    def __exit__(self, *exc: object) -> None:
+        self.in_task = False
+        if self.requested and self._installed:  # the timer only runs after a signal
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
