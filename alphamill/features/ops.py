@@ -131,11 +131,12 @@ class _Blocks:
 
 def _sum_count(y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Window sum of the non-NaN values of ``y`` and their count."""
-    ok = ~np.isnan(y)
     bl = _Blocks(y.shape[0], window)
-    s_old, s_new = bl.sums(bl.pad(np.where(ok, y, 0.0), 0.0))
-    c_old, c_new = bl.sums(bl.pad(ok.astype(np.float64), 0.0))
-    return s_old + s_new, c_old + c_new
+    blocks = bl.pad(y, 0.0)
+    blocks[np.isnan(blocks)] = 0.0
+    s_old, s_new = bl.sums(blocks)
+    s_old += s_new
+    return s_old, window_count(~np.isnan(y), window)
 
 
 def window_count(ok: np.ndarray, window: int) -> np.ndarray:
@@ -343,16 +344,31 @@ def rolling_quantiles(x: np.ndarray, window: int, qs: list[float], grid: Grid) -
         view = sliding_window_view(yp[:, lo:hi], window, axis=0)  # (t, cols, window)
         srt = np.sort(view, axis=2)
         c = cnt[:, lo:hi]
+        full = c == window
+        part = ~full & (c > 0)
         for q, out in zip(qs, outs, strict=True):
-            p = q * (c - 1.0)
-            i = np.clip(np.floor(p), 0, window - 1).astype(np.intp)
-            f = p - i
-            j = np.minimum(i + 1, window - 1)
-            vi = np.take_along_axis(srt, i[..., None], axis=2)[..., 0].astype(np.float64)
-            vj = np.take_along_axis(srt, j[..., None], axis=2)[..., 0].astype(np.float64)
-            with np.errstate(invalid="ignore"):
-                res = np.where(f == 0, vi, vi + (vj - vi) * f)
-            res[c == 0] = np.nan
+            # full windows (almost all cells): the same two order statistics everywhere
+            p_full = q * (window - 1.0)
+            i_full = min(int(np.floor(p_full)), window - 1)
+            f_full = p_full - i_full
+            vi = srt[:, :, i_full].astype(np.float64)
+            if f_full == 0:
+                res = vi
+            else:
+                vj = srt[:, :, min(i_full + 1, window - 1)].astype(np.float64)
+                res = vi + (vj - vi) * f_full
+            res[~full] = np.nan
+            if part.any():  # partial windows and windows with missing values
+                cc = c[part]
+                p = q * (cc - 1.0)
+                i = np.floor(p).astype(np.intp)
+                f = p - i
+                j = np.minimum(i + 1, window - 1)
+                rows = srt[part]
+                vi = np.take_along_axis(rows, i[:, None], axis=1)[:, 0].astype(np.float64)
+                vj = np.take_along_axis(rows, j[:, None], axis=1)[:, 0].astype(np.float64)
+                with np.errstate(invalid="ignore"):
+                    res[part] = np.where(f == 0, vi, vi + (vj - vi) * f)
             out[:, lo:hi] = res
     return outs
 
