@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import platform
+import re
 import socket
 import tempfile
 import time
@@ -35,6 +36,8 @@ STAGE_TAG = "alphamill.stage"
 #: Packages whose versions are logged with every run.
 VERSIONED_PACKAGES = ("alphamill", "numpy", "pandas", "pyarrow", "lightgbm", "scikit-learn", "mlflow")
 _MAX_PARAM_LEN = 500
+#: Characters MLflow refuses in param names.
+_PARAM_KEY_RE = re.compile(r"[^\w\-. :/]")
 
 
 def package_versions() -> dict[str, str]:
@@ -58,6 +61,7 @@ def flatten_dict(obj: Any, prefix: str = "") -> dict[str, str]:
         text = obj if isinstance(obj, str) else json.dumps(obj, default=str)
         return {prefix: text[:_MAX_PARAM_LEN]}
     for k, v in items:
+        k = _PARAM_KEY_RE.sub("_", k)
         key = f"{prefix}.{k}" if prefix else k
         out.update(flatten_dict(v, key))
     return out

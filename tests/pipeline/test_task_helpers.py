@@ -26,6 +26,7 @@ def test_flatten_dict_like_qlib():
     assert flat["record.1.class"] == "SigAnaRecord"
     assert len(flat["note"]) == 500
     assert flat["record.1.kwargs"] == "{}"
+    assert flatten_dict({"a": {"x<y>": 1}}) == {"a.x_y_": "1"}
 
 
 def test_check_task_and_json():
