@@ -62,15 +62,15 @@ def drain_with_workers(url: str, pool: str, n_tasks: int, jobs: int, tmp_path: P
     return {int(r[1]) for r in rows}
 
 
-def test_four_workers_drain_pool_once(db_url, pool, tmp_path):
-    pids = drain_with_workers(db_url, pool, 400, 4, tmp_path)
-    assert pids and os.getpid() not in pids
+def test_four_workers_2000_tasks_run_and_commit_once(db_url, pool, tmp_path):
+    pids = drain_with_workers(db_url, pool, 2000, 4, tmp_path)
+    assert len(pids) >= 2 and os.getpid() not in pids
 
 
 @pytest.mark.slow
-def test_four_workers_2000_tasks(db_url, pool, tmp_path):
-    pids = drain_with_workers(db_url, pool, 2000, 4, tmp_path)
-    assert len(pids) >= 2
+def test_eight_workers_10000_tasks(db_url, pool, tmp_path):
+    pids = drain_with_workers(db_url, pool, 10_000, 8, tmp_path)
+    assert len(pids) >= 4
 
 
 def test_four_workers_with_prefetch(db_url, pool, tmp_path):

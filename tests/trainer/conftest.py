@@ -63,3 +63,26 @@ def pool_url(am_env) -> str:
 
 def env_ok() -> bool:
     return "ALPHAMILL_HOME" in os.environ
+
+
+@pytest.fixture(scope="session")
+def demo_run(am_env, tmp_path_factory):
+    """``alphamill demo --small --workers 2`` once per session: the README's main command on the
+    small market, trained by 2 worker processes from the embedded pool."""
+    from click.testing import CliRunner
+
+    from alphamill.cli import main
+
+    report = tmp_path_factory.mktemp("demo") / "demo.html"
+    r = CliRunner().invoke(main, ["demo", "--small", "--workers", "2", "--report", str(report)])
+    assert r.exit_code == 0, r.output + str(r.exception)
+    raw = flagship_config(small=True, data=str(am_env["market"]))
+    from alphamill.workflow.experiment import build_tasks
+
+    return {
+        "output": r.output,
+        "report": report,
+        "exp": raw["experiment"],
+        "pool": raw["experiment"],
+        "tasks": build_tasks(parse_config(raw)),
+    }

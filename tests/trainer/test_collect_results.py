@@ -22,11 +22,12 @@ from alphamill.workflow.results import ExperimentResults
 
 @pytest.fixture(scope="module")
 def grid_exp(am_env):
-    """2 learning rates x 3 windows trained in this process: 6 runs, 2 variants."""
+    """2 learning rates x 2 windows trained in this process: 4 runs, 2 variants."""
     from alphamill.workflow.experiment import build_tasks, flagship_config, parse_config
 
     raw = flagship_config(small=True, data=str(am_env["market"]))
-    raw["generators"] = {"grid": {"model.kwargs.learning_rate": [0.05, 0.2]}, **raw["generators"]}
+    raw["generators"] = {"grid": {"model.kwargs.learning_rate": [0.05, 0.2]},
+                         "rolling": {**raw["generators"]["rolling"], "step": 150}}
     tasks = build_tasks(parse_config(raw))
     exp = f"grid_{uuid.uuid4().hex[:8]}"
     recs = TrainerR(exp, progress=False).train(tasks)
@@ -36,16 +37,16 @@ def grid_exp(am_env):
 def test_default_keys_and_rolling_group(grid_exp):
     collected = RecorderCollector(grid_exp["exp"])()
     keys = sorted(collected["pred"])
-    assert keys == [("LGBModel", f"learning_rate={lr}", w) for lr in ("0.05", "0.2") for w in range(3)]
+    assert keys == [("LGBModel", f"learning_rate={lr}", w) for lr in ("0.05", "0.2") for w in range(2)]
     merged = RollingGroup()(collected["pred"])
     assert sorted(merged) == [("LGBModel", "learning_rate=0.05"), ("LGBModel", "learning_rate=0.2")]
     for key, df in merged.items():
         assert not df.index.duplicated().any()
-        windows = [collected["pred"][(*key, w)] for w in range(3)]
+        windows = [collected["pred"][(*key, w)] for w in range(2)]
         assert len(df) == sum(len(w) for w in windows)  # sliding test windows do not overlap
         days = df.index.get_level_values("datetime")
         assert days.min() == windows[0].index.get_level_values("datetime").min()
-        assert days.max() == windows[2].index.get_level_values("datetime").max()
+        assert days.max() == windows[1].index.get_level_values("datetime").max()
 
 
 def test_collector_process_list_and_merge(grid_exp):
@@ -55,7 +56,7 @@ def test_collector_process_list_and_merge(grid_exp):
     assert list(out["pred"]) == [("LGBModel", "learning_rate=0.2")]
     merged = MergeCollector({"a": RecorderCollector(grid_exp["exp"], artifacts_key="pred")},
                             process_list=SingleKeyEnsemble())()
-    assert len(merged[("a", "pred")]) == 6
+    assert len(merged[("a", "pred")]) == 4
 
 
 def test_every_ensemble_on_collected_predictions(grid_exp):
@@ -103,9 +104,9 @@ def test_stage_one_recorders_are_not_collected(small_tasks, exp_name):
 
 
 def test_results_tables_backtest_and_report(grid_exp, tmp_path):
-    res = ExperimentResults.from_recorders(grid_exp["exp"], grid_exp["recs"][:3], backtest={"topk": 10, "n_drop": 2})
+    res = ExperimentResults.from_recorders(grid_exp["exp"], grid_exp["recs"][:2], backtest={"topk": 10, "n_drop": 2})
     windows = res.windows
-    assert list(windows.index.get_level_values("window")) == [0, 1, 2]
+    assert list(windows.index.get_level_values("window")) == [0, 1]
     assert {"IC", "ICIR", "Rank IC", "Rank ICIR", "test_start", "test_end", "run_id"} <= set(windows.columns)
     assert windows["days"].min() > 20
     # each window's IC is computed from its own stored prediction and label
@@ -123,4 +124,4 @@ def test_results_tables_backtest_and_report(grid_exp, tmp_path):
     text = path.read_text()
     assert "Windows" in text and "data:image/png;base64," in text and "Backtest summary" in text
     data = res.to_dict()
-    assert data["headline"] == "LGBModel learning_rate=0.05" and len(data["windows"]) == 3
+    assert data["headline"] == "LGBModel learning_rate=0.05" and len(data["windows"]) == 2

@@ -57,22 +57,22 @@ def test_delay_trainer_r_two_stages(small_tasks, exp_name):
 
 
 @pytest.fixture(scope="module")
-def rm_run(tmp_path_factory, am_env):
-    """TrainerRM with 2 worker processes on the 3 windows, in its own pool and experiment."""
-    from alphamill.workflow.experiment import build_tasks, flagship_config, parse_config
+def rm_run(demo_run):
+    """The demo's TrainerRM run (2 worker processes, 3 windows) and its recorders, in task order."""
+    from alphamill.trainer import _from_ref
 
-    raw = flagship_config(small=True, data=str(am_env["market"]))
-    tasks = build_tasks(parse_config(raw))
-    exp, pool = f"rm_{uuid.uuid4().hex[:8]}", _pool()
-    trainer = TrainerRM(exp, pool, n_jobs=2, progress=False)
-    recs = trainer.train(tasks)
-    return {"tasks": tasks, "exp": exp, "pool": pool, "recs": recs, "stats": dict(trainer.last_stats)}
+    with TaskManager(demo_run["pool"]) as tm:
+        ids = tm.create_task(TrainerRM(demo_run["exp"], demo_run["pool"]).prepare_tasks(demo_run["tasks"]))
+        assert tm.last_new == 0  # the same tasks as the demo stored
+        by_id = {t["_id"]: t for t in tm.query()}
+    recs = [_from_ref(by_id[i]["res"]) for i in ids]
+    return {**demo_run, "recs": recs}
 
 
 def test_trainer_rm_with_two_worker_processes(rm_run):
     recs = rm_run["recs"]
-    assert _windows(recs) == [0, 1, 2]  # recorders in task order
-    assert rm_run["stats"] == {"tasks": 3, "new": 3, "trained": 3}
+    assert _windows(recs) == [0, 1, 2]
+    assert "3 given, 3 new in the pool, 3 trained now" in rm_run["output"]
     with TaskManager(rm_run["pool"]) as tm:
         assert tm.task_stat() == {"done": 3}
         tasks = list(tm.query())
