@@ -164,10 +164,14 @@ def _moments(values: list[np.ndarray], ok: np.ndarray, window: int):
     has = okb.any(axis=1)
     i_first = np.argmax(okb, axis=1)[:, None, :]
     i_last = (window - 1 - np.argmax(okb[:, ::-1], axis=1))[:, None, :]
-    okf = okb.astype(np.float64)
-    n1, n2 = bl.tail(okf), bl.head(okf)
-    del okf
-    n = n1 + n2
+    # counts from an exact integer cumulative sum over the padded rows
+    cs = np.zeros((bl.length + 1, ok.shape[1]), dtype=np.int32)
+    np.cumsum(okb.reshape(bl.length, -1), axis=0, dtype=np.int32, out=cs[1:])
+    ends = np.arange(window - 1, window - 1 + t)  # padded row of each window's last day
+    n = (cs[ends + 1] - cs[ends + 1 - window]).astype(np.float64)
+    n2 = (cs[ends + 1] - cs[(ends // window) * window]).astype(np.float64)
+    n1 = n - n2
+    del cs
     inv1 = 1.0 / np.maximum(n1, 1.0)
     inv2 = 1.0 / np.maximum(n2, 1.0)
     frac = n1 * n2
