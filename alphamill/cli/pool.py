@@ -142,10 +142,16 @@ def _short(value: Any, width: int = 60) -> str:
 @click.option("--from-status", type=click.Choice([WAITING, PART_DONE]), default=WAITING, show_default=True, help="Claim tasks of this status.")
 @click.option("--to-status", type=click.Choice([DONE, PART_DONE]), default=DONE, show_default=True, help="Status committed on success.")
 @click.option("--force-release", is_flag=True, help="Run every task in a fresh child process.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every task (default: warnings and errors only).")
 def worker_cmd(pool, url, jobs, query_, max_tasks, until_empty, func, lease, heartbeat, prefetch, grace,
-               retry_backoff, from_status, to_status, force_release):
+               retry_backoff, from_status, to_status, force_release, verbose):
     """Run worker processes that drain the pool (SIGTERM/Ctrl-C: finish, hand back, exit 0)."""
+    import logging
+
     from alphamill.task import worker as w
+
+    level = logging.INFO if verbose else logging.WARNING
+    w.configure_logging(level)
 
     kwargs: dict[str, Any] = {}
     if lease is not None:
@@ -168,6 +174,7 @@ def worker_cmd(pool, url, jobs, query_, max_tasks, until_empty, func, lease, hea
         before_status=from_status,
         after_status=to_status,
         force_release=force_release,
+        log_level=level,
         **kwargs,
     )
     sys.exit(code)

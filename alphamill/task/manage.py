@@ -870,6 +870,7 @@ def execute_task(
     kwargs = dict(kwargs or {})
     param = task["res"] if task.get("claimed_from") == PART_DONE else task["def"]
     logger.info("running task %s (attempt %s)", task["_id"], task.get("attempts"))
+    started = time.perf_counter()
     try:
         with guard() if guard is not None else contextlib.nullcontext():
             if force_release:
@@ -898,6 +899,7 @@ def execute_task(
         status = tm.fail_task(task, f"{e}\n{traceback.format_exc()}")
         logger.error("task %s: result not storable: %s", task["_id"], e)
         return status
+    logger.info("task %s %s in %.2f s", task["_id"], after_status, time.perf_counter() - started)
     return after_status
 
 

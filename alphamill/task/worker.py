@@ -89,6 +89,8 @@ class WorkerConfig:
     after_status: str = DONE
     kwargs: dict[str, Any] = field(default_factory=dict)
     idle_sleep: float = 1.0
+    #: logging level set up in spawned children (they do not inherit the parent's handlers)
+    log_level: int | None = None
     force_release: bool = False
 
 
@@ -164,7 +166,11 @@ def _drained(tm: TaskManager, query: Query, before_status: str) -> bool:
 
 
 def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
-    """The loop of one worker process; returns how many tasks it ran."""
+    """The loop of one worker process; returns how many tasks it ran.
+
+    ``shutdown`` is given when the caller handles signals; otherwise SIGTERM/SIGINT
+    handlers are installed for the duration of the loop (main thread only).
+    """
     func = load_func(cfg.func)
     own_signals = shutdown is None
     if shutdown is None:
@@ -236,8 +242,17 @@ def _give_back(tm: TaskManager, tasks: list[dict[str, Any]]) -> None:
                 tm.return_task(task, status=task.get("claimed_from") or WAITING)
 
 
+def configure_logging(level: int) -> None:
+    """Log lines that say which process (host:pid) did what, on stderr."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(processName)s[%(process)d] %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def _child_main(cfg: WorkerConfig) -> None:
     """Entry point of a spawned worker: the parent forwards signals as SIGTERM."""
+    if cfg.log_level is not None:
+        configure_logging(cfg.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which forwards it
     shutdown = _Shutdown(cfg.grace)
     shutdown.install((signal.SIGTERM,))
@@ -290,6 +305,7 @@ def run_worker(
     before_status: str = WAITING,
     after_status: str = DONE,
     force_release: bool = False,
+    log_level: int | None = None,
     **kwargs: Any,
 ) -> int:
     """Run ``jobs`` worker processes on ``task_pool``; return the exit code (0 on success).
@@ -315,6 +331,7 @@ def run_worker(
         after_status=after_status,
         kwargs=kwargs,
         force_release=force_release,
+        log_level=log_level,
     )
     check_config(cfg, jobs)
     if jobs == 1:
