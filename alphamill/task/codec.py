@@ -139,12 +139,23 @@ def _check_size(n_bytes: int, where: str) -> None:
 class Codec:
     """Encode/decode definitions and results of one pool."""
 
-    def __init__(self, name: str, pool: str):
+    def __init__(self, name: str, pool: str, *, require_key: bool = False):
         self.name = check_codec(name) or "json"
         self.pool = pool
-        self._key: bytes | None = None
-        if self.name == "pickle":
-            self._key = pickle_key(pool)
+        self._key_cache: bytes | None = None
+        if self.name == "pickle" and require_key:
+            self._key_cache = pickle_key(pool)
+
+    @property
+    def _key(self) -> bytes:
+        """The HMAC key, read when a pickled payload is first sealed or opened.
+
+        Counting or listing a pickle pool needs no key; creating one does
+        (``require_key``), so a pool is never created that its owner cannot read.
+        """
+        if self._key_cache is None:
+            self._key_cache = pickle_key(self.pool)
+        return self._key_cache
 
     def __repr__(self) -> str:
         return f"Codec({self.name!r}, pool={self.pool!r})"
@@ -198,7 +209,6 @@ class Codec:
         return value
 
     def _seal(self, obj: Any) -> dict[str, str]:
-        assert self._key is not None
         raw = pickle.dumps(obj, protocol=4)
         mac = hmac.new(self._key, raw, hashlib.sha256).hexdigest()
         return {_ENVELOPE: base64.b64encode(raw).decode("ascii"), "hmac": mac}
@@ -213,7 +223,6 @@ class Codec:
                 f"{where} in pool {self.pool!r}: found a pickled payload but the pool uses the "
                 "json codec; refusing to unpickle it"
             )
-        assert self._key is not None
         mac = stored.get("hmac")
         blob = stored.get(_ENVELOPE)
         if not isinstance(mac, str) or not isinstance(blob, str):

@@ -280,17 +280,23 @@ class TaskManager:
             self._owns_backend = True
         self._codec: Codec | None = None
         self._exists = False
-        info = self.backend.pool_info(self.task_pool)
-        if info is not None:
-            self._exists = True
-            if codec is not None and info.codec != codec:
-                raise PoolError(
-                    f"task_pool {self.task_pool!r} already exists with codec {info.codec!r}; "
-                    f"cannot open it with codec {codec!r} (a pool keeps the codec it was created with)"
-                )
-            self._codec = Codec(info.codec, self.task_pool)
-        elif codec is not None:
-            self._codec = Codec(codec, self.task_pool)  # check the pickle key before any write
+        try:
+            info = self.backend.pool_info(self.task_pool)
+            if info is not None:
+                self._exists = True
+                if codec is not None and info.codec != codec:
+                    raise PoolError(
+                        f"task_pool {self.task_pool!r} already exists with codec {info.codec!r}; "
+                        f"cannot open it with codec {codec!r} (a pool keeps the codec it was "
+                        "created with)"
+                    )
+                self._codec = Codec(info.codec, self.task_pool)
+            elif codec is not None:  # check the pickle key before the pool is created
+                self._codec = Codec(codec, self.task_pool, require_key=True)
+        except BaseException:
+            if self._owns_backend:
+                self.backend.close()
+            raise
         self._identity: WorkerIdentity | None = None
         #: How many tasks the last ``create_task`` call inserted (or would insert, dry run).
         self.last_new = 0

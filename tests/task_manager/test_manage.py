@@ -342,6 +342,11 @@ def test_pickle_codec_needs_opt_in_and_key(url, pool, monkeypatch):
     monkeypatch.setenv("ALPHAMILL_PICKLE_KEY", "other")
     with TaskManager(pool, url) as tm, pytest.raises(PayloadError, match="signature"):
         tm.re_query(tid)
+    monkeypatch.delenv("ALPHAMILL_PICKLE_KEY")
+    with TaskManager(pool, url) as tm:  # counting needs no key, unpickling does
+        assert tm.task_stat() == {"done": 1}
+        with pytest.raises(PoolError, match="ALPHAMILL_PICKLE_KEY"):
+            tm.re_query(tid)
 
 
 def test_tampered_or_unsigned_payload_refused(url, pool, monkeypatch):
