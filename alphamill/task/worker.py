@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from alphamill.errors import ConfigError, LeaseLost
+from alphamill.config import redact_url
+from alphamill.errors import ConfigError, LeaseLost, PoolUnavailable
 from alphamill.task.manage import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_RETRY_BACKOFF,
@@ -189,24 +190,26 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
     idle = 0.02
     ran = 0
     logger.info("worker %s on %r started", tm.identity.owner, cfg.task_pool)
+    backoff = 0.5
+    batch: list[dict[str, Any]] = []
     try:
         while not shutdown.requested and (cfg.max_tasks is None or ran < cfg.max_tasks):
-            now = time.monotonic()
-            if now - last_requeue >= requeue_every:
-                n = tm.requeue_expired()
-                if n:
-                    logger.warning("re-queued %d tasks whose lease expired", n)
-                last_requeue = now
-            limit = cfg.prefetch if cfg.max_tasks is None else min(cfg.prefetch, cfg.max_tasks - ran)
-            batch = tm.fetch_tasks(query, status=cfg.before_status, limit=limit)
-            if not batch:
-                if cfg.until_empty and _drained(tm, query, cfg.before_status):
-                    break
-                shutdown.sleep(idle)
-                idle = min(idle * 2, cfg.idle_sleep)
-                continue
-            idle = 0.02
             try:
+                now = time.monotonic()
+                if now - last_requeue >= requeue_every:
+                    n = tm.requeue_expired()
+                    if n:
+                        logger.warning("re-queued %d tasks whose lease expired", n)
+                    last_requeue = now
+                limit = cfg.prefetch if cfg.max_tasks is None else min(cfg.prefetch, cfg.max_tasks - ran)
+                batch = tm.fetch_tasks(query, status=cfg.before_status, limit=limit)
+                if not batch:
+                    if cfg.until_empty and _drained(tm, query, cfg.before_status):
+                        break
+                    shutdown.sleep(idle)
+                    idle = min(idle * 2, cfg.idle_sleep)
+                    continue
+                idle = 0.02
                 for i, task in enumerate(batch):
                     if shutdown.requested:
                         _give_back(tm, batch[i:])
@@ -221,12 +224,20 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
                         guard=shutdown.task,
                     )
                     ran += 1
+                backoff = 0.5
             except _GraceExpired:
                 logger.warning("grace period over: running task handed back")
                 _give_back(tm, batch)
                 break
+            except PoolUnavailable as e:
+                # the store restarts or the network drops: keep the process, retry with backoff;
+                # a result that could not be committed is re-run once its lease expires
+                logger.warning("pool unavailable, retrying in %.1f s: %s", backoff, redact_url(str(e)))
+                shutdown.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
     finally:
-        tm.release_held()
+        with contextlib.suppress(PoolUnavailable):
+            tm.release_held()
         tm.close()
         if own_signals:
             shutdown.uninstall()

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from alphamill.errors import ConfigError, PoolError, QueryError
+from alphamill.errors import ConfigError, PoolError, PoolUnavailable, QueryError
 from alphamill.task.manage import TaskManager
 from alphamill.task.worker import load_func, run_worker
 from tests.task_manager.test_processes import cli_proc, wait_ok
@@ -154,3 +154,21 @@ def test_sigterm_to_parent_stops_all_jobs(tmp_path, pool):
     with TaskManager(pool, url) as tm:
         assert tm.task_stat() == {"waiting": 4}
         assert {t["attempts"] for t in tm.query()} == {0}
+
+
+def test_worker_rides_out_an_unavailable_store(mem_url, pool, monkeypatch, caplog):
+    make(mem_url, pool, [{"n": i} for i in range(3)])
+    real = TaskManager.fetch_tasks
+    failures = iter([True, True])
+
+    def flaky(self, *a, **kw):
+        if next(failures, False):
+            raise PoolUnavailable("pool postgresql://u:pw@db/x: connection refused")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TaskManager, "fetch_tasks", flaky)
+    t0 = time.monotonic()
+    assert run_worker(pool, mem_url, func=NOOP, until_empty=True) == 0
+    assert stat(mem_url, pool) == {"done": 3}
+    assert caplog.text.count("pool unavailable") == 2 and ":pw@" not in caplog.text
+    assert time.monotonic() - t0 >= 1.4  # backed off 0.5 s then 1 s
