@@ -269,7 +269,7 @@ def evaluate(
     """Evaluate Qlib expressions on a dense grid into a float32 DataFrame.
 
     Instruments are independent, so they are evaluated in column chunks of ``chunk``
-    instruments, on ``threads`` threads (default: :func:`default_threads`).
+    instruments, on ``threads`` workers (default: :func:`default_threads`).
     """
     if len(expressions) != len(names):
         raise ConfigError(
@@ -278,26 +278,25 @@ def evaluate(
     roots = [ex.parse(e, f"expressions[{i}]") for i, e in enumerate(expressions)]
     present = dense.present
     t, n = present.shape
-    per_inst = present.sum(axis=0)
-    inst_start = np.concatenate([[0], np.cumsum(per_inst)])
-    n_rows = int(inst_start[-1])
-    # Chunks of instruments fill contiguous slices of an instrument-major buffer; each
-    # column is then reordered in place to (datetime, instrument) order.
+    # Results land in a dense (column, day, instrument) buffer, filled chunk by chunk
+    # with plain strided copies; then each column is compacted in place to the panel's
+    # rows (day-major, i.e. (datetime, instrument) order): column i moves to
+    # [i*n_rows, (i+1)*n_rows), never past the start of its own dense slot.
     step = max(1, int(chunk or CHUNK_INSTRUMENTS))
     starts = list(range(0, n, step))
+    n_rows = int(present.sum())
+    k = len(roots)
     n_workers = max(1, min(int(threads or default_threads()), len(starts)))
     forked = n_workers > 1 and _can_fork()
     if forked:  # anonymous shared mapping: forked workers write their chunks into it
         import mmap
 
-        nbytes = max(1, len(roots) * n_rows * 4)
-        buf = np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.float32)[: len(roots) * n_rows]
-        buf = buf.reshape(len(roots), n_rows)
+        flat = np.frombuffer(mmap.mmap(-1, max(1, k * t * n * 4)), dtype=np.float32)[: k * t * n]
     else:
-        buf = np.empty((len(roots), n_rows), dtype=np.float32)
+        flat = np.empty(k * t * n, dtype=np.float32)
+    dense_out = flat.reshape(k, t, n)
 
     def run_chunk(lo: int) -> None:
-        dest = buf
         hi = min(n, lo + step)
         grid = ops.Grid(
             first=dense.grid.first[lo:hi],
@@ -305,14 +304,9 @@ def evaluate(
             inside=np.ascontiguousarray(dense.grid.inside[:, lo:hi]),
         )
         fields = {f: np.ascontiguousarray(v[:, lo:hi]) for f, v in dense.fields.items()}
-        keep = np.ascontiguousarray(present[:, lo:hi].T)
-        a, b = int(inst_start[lo]), int(inst_start[hi])
 
         def sink(i: int, value) -> None:
-            if isinstance(value, np.ndarray):
-                dest[i, a:b] = value.T[keep]
-            else:
-                dest[i, a:b] = np.float32(value)
+            dense_out[i, :, lo:hi] = value
 
         ex.Evaluator(fields, grid).evaluate_many(roots, sink)
 
@@ -325,11 +319,9 @@ def evaluate(
         # numpy releases the GIL inside its loops, so chunks still overlap on threads
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
             list(pool.map(run_chunk, starts))
-    day_idx, inst_idx = np.nonzero(present)
-    pos_im = np.cumsum(present.T.ravel()).reshape(n, t) - 1
-    perm = pos_im[inst_idx, day_idx]
-    for i in range(len(roots)):
-        buf[i] = buf[i][perm]
+    for i in range(k):
+        flat[i * n_rows : (i + 1) * n_rows] = dense_out[i][present]
+    buf = flat[: k * n_rows].reshape(k, n_rows)
     return pd.DataFrame(buf.T, index=dense.index(), columns=list(names), copy=False)
 
 
