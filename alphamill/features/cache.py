@@ -1,0 +1,226 @@
+"""Alpha158 + label computed once per data set and kept on disk.
+
+Features at a date never depend on the query window (each instrument is evaluated over
+its whole listing span), so the full table is computed once, stored under
+``cache_dir/alpha158/<key>/``, and every later request (another rolling window, a rerun,
+another worker) only slices it. The key digests the data's fingerprint, the feature and
+label expressions and the feature code itself, so a changed data file or a code change
+gives a new entry instead of stale numbers.
+
+Storage is one float32 ``.npy`` block (columns × rows, the layout pandas keeps
+internally) plus the row codes, so a reload is a read of contiguous memory with no
+parsing. Concurrent builders are safe: one process computes under a file lock while the
+others wait, the entry is written to a temporary folder and renamed into place
+atomically, and a reader never sees a half-written entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphamill.errors import DataError
+from alphamill.features import alpha158 as A
+
+#: Bump when the stored layout changes.
+CACHE_FORMAT = 1
+_CODE_FILES = ("ops.py", "expr.py", "alpha158.py", "cache.py")
+
+
+def code_version() -> str:
+    """Digest of the feature code, so a change to any formula invalidates old entries."""
+    h = hashlib.sha256(str(CACHE_FORMAT).encode())
+    here = Path(__file__).resolve().parent
+    for name in _CODE_FILES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(fingerprint: str, label_exprs: list[str], label_names: list[str]) -> str:
+    """Key of one cache entry: data fingerprint + feature/label configuration + code."""
+    payload = {
+        "fingerprint": fingerprint,
+        "features": list(zip(A.ALPHA158_NAMES, A.ALPHA158_EXPRESSIONS, strict=True)),
+        "label": list(zip(label_names, label_exprs, strict=True)),
+        "code": code_version(),
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def compute_table(source, label_exprs: list[str], label_names: list[str]) -> pd.DataFrame:
+    """The full feature + label table of a data source (every listed row)."""
+    panel = source.load("all")
+    if panel.empty:
+        raise DataError(f"{source.path}: the data has no rows")
+    return A.evaluate(
+        A.to_dense(panel),
+        A.ALPHA158_EXPRESSIONS + list(label_exprs),
+        A.ALPHA158_NAMES + list(label_names),
+    )
+
+
+def _write_entry(table: pd.DataFrame, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    idx = table.index
+    assert isinstance(idx, pd.MultiIndex)
+    values = np.ascontiguousarray(table.to_numpy(dtype=np.float32).T)
+    np.save(folder / "values.npy", values, allow_pickle=False)
+    days = pd.DatetimeIndex(idx.levels[0])
+    np.savez(
+        folder / "index.npz",
+        day_codes=np.asarray(idx.codes[0], dtype=np.int32),
+        inst_codes=np.asarray(idx.codes[1], dtype=np.int32),
+        days=days.as_unit("us").asi8,
+        instruments=np.asarray(idx.levels[1], dtype=str),
+    )
+    (folder / "meta.json").write_text(
+        json.dumps({"format": CACHE_FORMAT, "columns": list(map(str, table.columns))})
+    )
+
+
+def _read_entry(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    meta = json.loads((folder / "meta.json").read_text())
+    # copy-on-write mapping: no read up front, and callers may still modify the frame
+    values = np.load(folder / "values.npy", mmap_mode="c", allow_pickle=False).view(np.ndarray)
+    with np.load(folder / "index.npz", allow_pickle=False) as z:
+        index = {k: z[k] for k in z.files}
+    return values, index, meta["columns"]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock (flock) held while one process builds an entry."""
+    try:
+        import fcntl
+    except ImportError:  # no flock: builders may race, the atomic rename keeps it safe
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_cached(source, label=None, cache_dir=None) -> Path:
+    """Path of the cache entry for ``source`` and ``label``, computing it if needed."""
+    from alphamill.config import get_setting
+    from alphamill.data import open_data
+
+    src = open_data(source)
+    exprs, names = A.label_config(label)
+    root = Path(get_setting("cache_dir", cache_dir)).expanduser() / "alpha158"
+    key = cache_key(src.fingerprint(), exprs, names)
+    entry = root / key
+    if (entry / "meta.json").is_file():
+        return entry
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f"{key}.lock"):
+        if (entry / "meta.json").is_file():  # built by another process meanwhile
+            return entry
+        table = compute_table(src, exprs, names)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
+        try:
+            _write_entry(table, tmp / "entry")
+            try:
+                os.rename(tmp / "entry", entry)
+            except OSError:
+                if not (entry / "meta.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+def load_features(
+    source: Any,
+    instruments: Any = "all",
+    start: Any = None,
+    end: Any = None,
+    label: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Alpha158 (158 columns, Qlib's order) + label column(s), float32, indexed by sorted
+    (datetime, instrument), restricted to ``instruments``' listing ranges within
+    ``[start, end]``.
+
+    ``source`` is anything :func:`alphamill.data.open_data` accepts; ``label`` is ``None``
+    (LABEL0), an expression or Qlib's ``(["expr"], ["NAME"])`` pair. The whole table is
+    computed once per data fingerprint and label and cached under ``cache_dir`` (the
+    ``cache_dir`` setting by default).
+    """
+    from alphamill.data import open_data
+
+    src = open_data(source)
+    entry = ensure_cached(src, label=label, cache_dir=cache_dir)
+    values, index, columns = _read_entry(entry)
+    days = pd.DatetimeIndex(index["days"].astype("datetime64[us]"), name="datetime")
+    insts = index["instruments"]
+    day_codes = index["day_codes"]
+    inst_codes = index["inst_codes"]
+    whole = isinstance(instruments, str) and instruments == "all" and start is None and end is None
+    keep = None if whole else _rows_allowed(src, instruments, start, end, days, insts, index)
+    if keep is None or keep.all():
+        block, dc, ic = values, day_codes, inst_codes
+    else:
+        rows = np.flatnonzero(keep)
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # one date range: a view
+            block = values[:, rows[0] : rows[-1] + 1]
+        else:
+            block = np.ascontiguousarray(values[:, rows])
+        dc, ic = day_codes[rows], inst_codes[rows]
+    idx = pd.MultiIndex(
+        levels=[days, pd.Index(insts, dtype="str", name="instrument")],
+        codes=[dc, ic],
+        names=["datetime", "instrument"],
+        verify_integrity=False,
+    ).remove_unused_levels()
+    return pd.DataFrame(block.T, index=idx, columns=columns, copy=False)
+
+
+def _rows_allowed(src, instruments, start, end, days, insts, index) -> np.ndarray:
+    """Mask of the cached rows inside the universe's listing ranges and the window."""
+    cal = src.calendar()
+    plan = src.plan(instruments, start, end)
+    cal_pos = cal.searchsorted(days)
+    if len(days) and (cal_pos.max() >= len(cal) or not (cal[cal_pos] == days).all()):
+        raise DataError("the feature cache does not match the data calendar; clear the cache")
+    sym_code = {s: i for i, s in enumerate(insts)}
+    allowed = np.zeros((len(cal), len(insts)), dtype=bool)
+    for sym, ranges in plan.items():
+        j = sym_code.get(sym)
+        if j is None:
+            continue
+        for lo, hi in ranges:
+            allowed[lo : hi + 1, j] = True
+    return allowed[cal_pos[index["day_codes"]], index["inst_codes"]]
+
+
+def clear_cache(cache_dir: str | os.PathLike | None = None, older_than_s: float = 0.0) -> int:
+    """Remove cache entries (optionally only those older than ``older_than_s`` seconds);
+    returns how many were removed."""
+    from alphamill.config import get_setting
+
+    root = Path(get_setting("cache_dir", cache_dir)).expanduser() / "alpha158"
+    if not root.is_dir():
+        return 0
+    now = time.time()
+    removed = 0
+    for p in root.iterdir():
+        if p.is_dir() and now - p.stat().st_mtime >= older_than_s:
+            shutil.rmtree(p, ignore_errors=True)
+            removed += 1
+    return removed
