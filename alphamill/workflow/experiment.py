@@ -510,9 +510,9 @@ def run_experiment(
                 say(f"removed {n} earlier tasks of experiment {cfg.experiment} (--fresh)")
         stat = tm.task_stat({"meta.experiment_name": cfg.experiment})
     if cfg.workers and stat.get("done") != len(tasks):
-        t0 = time.perf_counter()
-        warm_feature_cache(tasks)
-        timings["features_seconds"] = time.perf_counter() - t0
+        say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
+        timings["features_seconds"] = warm_feature_cache(tasks)
+        say(f"features ready in {timings['features_seconds']:.1f} s")
     t0 = time.perf_counter()
     if cfg.workers:
         say(f"training with {cfg.workers} worker process{'es' if cfg.workers > 1 else ''}")
@@ -523,6 +523,8 @@ def run_experiment(
     timings["train_seconds"] = time.perf_counter() - t0
     st = trainer.last_stats
     say(f"tasks: {st.get('tasks')} given, {st.get('new')} new in the pool, {st.get('trained')} trained now")
+    say(f"collecting {len(recorders)} runs: merging windows ({cfg.collect['ensemble']}), IC tables"
+        + (", backtest of the merged signal" if cfg.collect["backtest"] is not None else "") + " ...")
     t0 = time.perf_counter()
     results = ExperimentResults.from_recorders(
         cfg.experiment, recorders, ensemble=cfg.collect["ensemble"], duplicate=cfg.collect["duplicate"],

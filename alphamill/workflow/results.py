@@ -228,7 +228,7 @@ class ExperimentResults:
             dates = self.predictions[col].dropna().index.get_level_values("datetime")
             rows[col] = {"test_start": dates.min().date().isoformat(), "test_end": dates.max().date().isoformat(),
                          **s}
-        df = pd.DataFrame(rows).T
+        df = pd.DataFrame.from_dict(rows, orient="index")
         df.index.name = "signal"
         return df[["test_start", "test_end", "days", "IC", "ICIR", "Rank IC", "Rank ICIR"]]
 
