@@ -15,12 +15,12 @@ Where runs are stored (``tracking_uri`` setting, see :mod:`alphamill.config`):
 * anything else (``http(s)://`` tracking server, ``postgresql://...``): passed to MLflow; this is
   the setting for many machines sharing one store.
 
-Why SQLite for the local default (measured with ``benchmarks/mlflow_concurrency_bench.py``):
-MLflow 3 puts its file store in maintenance mode and refuses to open it unless
-``MLFLOW_ALLOW_FILE_STORE=true``; its searches read every run's files, so listing recorders slows
-down as an experiment grows (8 processes × 25 runs, each also searching: 229 s on the file store
-versus 72 s on SQLite), and two processes creating the same experiment can race. SQLite runs the
-same workload without lost runs once three things are handled here:
+Why SQLite for the local default (``benchmarks/mlflow_concurrency_bench.py``, 2 shared cores,
+5 runs per process, each run also listing the experiment as a collector does): MLflow 3 puts its
+file store in maintenance mode and refuses to open it unless ``MLFLOW_ALLOW_FILE_STORE=true``,
+and under concurrency its readers see half-written files - with 4 and 8 processes, 2 of 20 and 3
+of 40 runs failed ("Metric ... is malformed" while listing). On SQLite, 20/20 and 40/40 runs,
+no error, 2.3-2.9 runs/s in total. That holds once three things are handled here:
 
 1. the schema is created under an exclusive file lock - several processes migrating a fresh
    database at once corrupt it (measured: every process failed);
@@ -168,7 +168,7 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-def _retry(fn: Callable[[], T], what: str = "") -> T:
+def _retry(fn: Callable[[], T]) -> T:
     """Call ``fn``, retrying while SQLite reports a lock (see the module docstring)."""
     deadline = time.monotonic() + _LOCK_RETRY_SECONDS
     delay = 0.02
