@@ -219,7 +219,11 @@ def _can_fork() -> bool:
     import multiprocessing as mp
     import threading
 
-    return "fork" in mp.get_all_start_methods() and threading.active_count() == 1
+    return (
+        "fork" in mp.get_all_start_methods()
+        and threading.active_count() == 1
+        and not mp.current_process().daemon  # daemonic processes may not have children
+    )
 
 
 def _run_forked(run_chunk, starts: list[int], n_workers: int) -> None:
@@ -242,11 +246,16 @@ def _run_forked(run_chunk, starts: list[int], n_workers: int) -> None:
         os._exit(code)
 
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=work, args=(g,), daemon=True) for g in groups]
-    for p in procs:
-        p.start()
-    failed: list[int] = []
-    for p, g in zip(procs, groups, strict=True):
+    started, failed = [], []
+    for g in groups:
+        p = ctx.Process(target=work, args=(g,), daemon=True)
+        try:
+            p.start()
+        except (OSError, AssertionError):  # cannot fork here: this process does it
+            failed.extend(g)
+            continue
+        started.append((p, g))
+    for p, g in started:
         p.join()
         if p.exitcode != 0:
             failed.extend(g)

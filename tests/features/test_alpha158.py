@@ -165,3 +165,25 @@ def test_bad_thread_setting(monkeypatch):
     monkeypatch.setenv("ALPHAMILL_FEATURE_THREADS", "many")
     with pytest.raises(ConfigError, match="ALPHAMILL_FEATURE_THREADS"):
         A.default_threads()
+
+
+def _in_daemon(conn, panel):  # runs in a daemonic pool-like process
+    try:
+        out = A.evaluate(A.to_dense(panel), ALPHA158_EXPRESSIONS[:20], ALPHA158_NAMES[:20], chunk=2, threads=2)
+        conn.send(out.to_numpy())
+    except BaseException as e:  # pragma: no cover - reported to the parent
+        conn.send(repr(e))
+
+
+def test_workers_inside_a_daemonic_process(market_panel):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_in_daemon, args=(child, market_panel), daemon=True)
+    proc.start()
+    got = parent.recv()
+    proc.join(30)
+    assert not isinstance(got, str), got
+    ref = A.evaluate(A.to_dense(market_panel), ALPHA158_EXPRESSIONS[:20], ALPHA158_NAMES[:20], threads=1)
+    np.testing.assert_array_equal(got, ref.to_numpy())
