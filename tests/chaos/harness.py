@@ -97,7 +97,7 @@ def chaos_task(task_def: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 def noop_task(task_def: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """The cheapest task that still proves who ran it (for the throughput benchmark)."""
     lease = _lease()
-    ledger_write(os.environ[LEDGER_ENV], {"ev": "start", **lease})
+    ledger_write(os.environ[LEDGER_ENV], {"ev": "start", **lease, "t": time.time()})
     return {"n": task_def.get("n"), **lease}
 
 
@@ -195,6 +195,7 @@ class ChaosReport:
     tasks: int
     workers: int
     kills: int = 0
+    pauses: int = 0  # SIGSTOP past the lease, then SIGCONT (zombies)
     db_restarts: int = 0  # rounds of pg_terminate_backend on the workers' sessions
     tasks_lost: int = 0  # not done at the end (nor failed)
     tasks_failed: int = 0
@@ -246,6 +247,7 @@ class ChaosRun:
         self.extra_args = extra_args
         self.workers: list[Worker] = []
         self.kills = 0
+        self.pauses = 0
         self.db_restarts = 0
         self._started = 0
 
@@ -294,13 +296,18 @@ class ChaosRun:
     def live(self) -> list[Worker]:
         return [w for w in self.workers if w.proc.poll() is None]
 
-    def busy(self) -> list[Worker]:
-        """Live workers inside a task right now (a ``start`` without its ``end``)."""
-        open_runs: dict[int, bool] = {}
+    def busy(self, max_attempt: int = 2) -> list[Worker]:
+        """Live workers inside a task right now (a ``start`` without its ``end``).
+
+        Only runs up to ``max_attempt`` count: once the pool is almost drained, the only
+        running task would otherwise be hit again at every retry until its attempts ran out,
+        which a randomly failing cluster does not do.
+        """
+        open_runs: dict[int, int | None] = {}
         for e in ledger_read(self.ledger):
             if e["ev"] in ("start", "end"):
-                open_runs[e["pid"]] = e["ev"] == "start"
-        return [w for w in self.live() if open_runs.get(w.pid)]
+                open_runs[e["pid"]] = e["attempt"] if e["ev"] == "start" else None
+        return [w for w in self.live() if (open_runs.get(w.pid) or max_attempt + 1) <= max_attempt]
 
     def kill(self, w: Worker) -> None:
         if w.stopped:
@@ -317,9 +324,15 @@ class ChaosRun:
         max_kills: int | None = None,
         timeout: float = 120.0,
         during: Callable[[ChaosRun], None] | None = None,
+        pause_ratio: float = 0.0,
     ) -> float:
-        """Keep ``workers`` alive, SIGKILL one at random moments; return the wall time."""
+        """Keep ``workers`` alive, SIGKILL one at random moments; return the wall time.
+
+        With ``pause_ratio`` > 0 that share of the blows is a SIGSTOP instead, for 1.5 leases,
+        followed by SIGCONT: the worker wakes up as a zombie whose commit must be refused.
+        """
         t0 = time.monotonic()
+        paused: list[tuple[Worker, float]] = []
         for _ in range(self.n_workers):
             self.start_worker()
         next_kill = t0 + self.rng.uniform(*kill_every)
@@ -330,15 +343,28 @@ class ChaosRun:
                     raise AssertionError(f"pool not drained after {timeout:g}s: {self.stat()}")
                 if during is not None:
                     during(self)
+                for w, due in list(paused):
+                    if now >= due:
+                        paused.remove((w, due))
+                        if w.proc.poll() is None:
+                            os.kill(w.pid, signal.SIGCONT)
+                        w.stopped = False
                 live = self.live()
                 if not live and self.drained():
                     break
                 if now >= next_kill and live and (max_kills is None or self.kills < max_kills):
                     # kill a worker in the middle of a task (that is what must be survived);
                     # while every worker is still starting up, try again a moment later
-                    busy = self.busy()
+                    busy = [w for w in self.busy() if not w.stopped]
                     if busy and not self.drained():
-                        self.kill(self.rng.choice(busy))
+                        victim = self.rng.choice(busy)
+                        if self.rng.random() < pause_ratio:
+                            os.kill(victim.pid, signal.SIGSTOP)
+                            victim.stopped = True
+                            self.pauses += 1
+                            paused.append((victim, now + 1.5 * self.lease))
+                        else:
+                            self.kill(victim)
                         next_kill = now + self.rng.uniform(*kill_every)
                     else:
                         next_kill = now + 0.1
@@ -365,6 +391,7 @@ class ChaosRun:
         rep = check_pool(self.url, self.pool, self.ledger, n_tasks, backend=backend)
         rep.workers = self.n_workers
         rep.kills = self.kills
+        rep.pauses = self.pauses
         rep.db_restarts = self.db_restarts
         rep.wall_seconds = round(wall, 2)
         rep.violations += self.worker_errors()

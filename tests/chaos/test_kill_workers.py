@@ -48,17 +48,18 @@ def test_postgres_sessions_terminated_mid_run(pg_schema_url, pool, tmp_path, pg_
 
 @pytest.mark.slow
 def test_long_chaos(db, pool, tmp_path):
-    """600 tasks, 6 workers, a kill every 0.3-1.5 s (and PostgreSQL sessions terminated)."""
+    """600 tasks, 6 workers, a kill or a pause every 0.3-1.5 s (PostgreSQL: sessions terminated)."""
     kind, url, schema = db
     n = 600
     run = ChaosRun(url, pool, tmp_path / "run", workers=6, lease=2.0, heartbeat=0.4, seed=99)
     run.create_tasks(n, sleep=(0.0, 0.3))
     if schema:
         with Terminator(PG_URL, schema, every=3.0, rounds=20) as term:
-            wall = run.run(kill_every=(0.3, 1.5), timeout=900)
+            wall = run.run(kill_every=(0.3, 1.5), timeout=900, pause_ratio=0.2)
         run.db_restarts = sum(1 for k in term.terminated if k)
     else:
-        wall = run.run(kill_every=(0.3, 1.5), timeout=900)
+        wall = run.run(kill_every=(0.3, 1.5), timeout=900, pause_ratio=0.2)
     rep = run.report(kind, n, wall)
     _assert_clean(rep)
-    assert rep.kills >= 10
+    assert rep.kills >= 10 and rep.pauses >= 1
+    print(rep.row())
