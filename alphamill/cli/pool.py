@@ -136,7 +136,8 @@ def _short(value: Any, width: int = 60) -> str:
 @click.option("--func", default=None, help="Task function module:function (default: alphamill.trainer:pool_train).")
 @click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=None, help="Lease length in seconds.")
 @click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=None, help="Heartbeat interval in seconds.")
-@click.option("--prefetch", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks claimed per transaction (tiny tasks).")
+@click.option("--prefetch", default="auto", show_default=True,
+              help="Tasks claimed per transaction: N, or auto (batches only for tasks under 50 ms).")
 @click.option("--grace", type=click.FloatRange(min=0), default=None, help="Seconds a running task may finish after SIGTERM.")
 @click.option("--retry-backoff", type=click.FloatRange(min=0), default=None, help="Base delay before retrying a failed task.")
 @click.option("--from-status", type=click.Choice([WAITING, PART_DONE]), default=WAITING, show_default=True, help="Claim tasks of this status.")
@@ -150,6 +151,11 @@ def worker_cmd(pool, url, jobs, query_, max_tasks, until_empty, func, lease, hea
 
     from alphamill.task import worker as w
 
+    if prefetch != "auto":
+        try:
+            prefetch = int(prefetch)
+        except ValueError:
+            raise ConfigError(f"expected a positive integer or 'auto', got {prefetch!r}", "--prefetch") from None
     level = logging.INFO if verbose else logging.WARNING
     w.configure_logging(level)
 

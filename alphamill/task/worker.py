@@ -83,7 +83,7 @@ class WorkerConfig:
     until_empty: bool = False
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     heartbeat_interval: float | None = None
-    prefetch: int = 1
+    prefetch: int | str = "auto"
     grace: float = DEFAULT_GRACE
     retry_backoff: float = DEFAULT_RETRY_BACKOFF
     before_status: str = WAITING
@@ -160,6 +160,37 @@ class _Shutdown:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
 
+AUTO_PREFETCH_MAX = 16
+#: ``prefetch="auto"`` holds at most this much expected work claimed but not yet started.
+AUTO_PREFETCH_SECONDS = 0.05
+
+
+class _Prefetch:
+    """How many tasks to claim per transaction.
+
+    A fixed number, or ``"auto"``: one at first, then as many as fit in
+    :data:`AUTO_PREFETCH_SECONDS` of the recent task duration (up to
+    :data:`AUTO_PREFETCH_MAX`). Tiny tasks are then claimed in batches, so the claim no
+    longer dominates; tasks of 50 ms or more are claimed one by one, so a worker never
+    holds work that another worker could start sooner.
+    """
+
+    def __init__(self, prefetch: int | str):
+        self.auto = prefetch == "auto"
+        self.fixed = 1 if self.auto else int(prefetch)
+        self.avg: float | None = None
+
+    def record(self, seconds: float) -> None:
+        self.avg = seconds if self.avg is None else 0.8 * self.avg + 0.2 * seconds
+
+    def limit(self) -> int:
+        if not self.auto:
+            return self.fixed
+        if self.avg is None:
+            return 1
+        return max(1, min(AUTO_PREFETCH_MAX, int(AUTO_PREFETCH_SECONDS / max(self.avg, 1e-6))))
+
+
 def _drained(tm: TaskManager, query: Query, before_status: str) -> bool:
     """Nothing left that this worker could ever claim (claimable or running elsewhere)."""
     stat = tm.task_stat(query)
@@ -191,6 +222,7 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
     ran = 0
     logger.info("worker %s on %r started", tm.identity.owner, cfg.task_pool)
     backoff = 0.5
+    pacer = _Prefetch(cfg.prefetch)
     batch: list[dict[str, Any]] = []
     try:
         while not shutdown.requested and (cfg.max_tasks is None or ran < cfg.max_tasks):
@@ -201,7 +233,7 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
                     if n:
                         logger.warning("re-queued %d tasks whose lease expired", n)
                     last_requeue = now
-                limit = cfg.prefetch if cfg.max_tasks is None else min(cfg.prefetch, cfg.max_tasks - ran)
+                limit = pacer.limit() if cfg.max_tasks is None else min(pacer.limit(), cfg.max_tasks - ran)
                 batch = tm.fetch_tasks(query, status=cfg.before_status, limit=limit)
                 if not batch:
                     if cfg.until_empty and _drained(tm, query, cfg.before_status):
@@ -214,6 +246,7 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
                     if shutdown.requested:
                         _give_back(tm, batch[i:])
                         break
+                    started = time.perf_counter()
                     execute_task(
                         tm,
                         task,
@@ -223,6 +256,7 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
                         force_release=cfg.force_release,
                         guard=shutdown.task,
                     )
+                    pacer.record(time.perf_counter() - started)
                     ran += 1
                 backoff = 0.5
             except _GraceExpired:
@@ -279,8 +313,10 @@ def check_config(cfg: WorkerConfig, jobs: int) -> None:
         raise ConfigError(f"expected a positive integer, got {jobs!r}", "jobs")
     if cfg.max_tasks is not None and (isinstance(cfg.max_tasks, bool) or cfg.max_tasks < 1):
         raise ConfigError(f"expected a positive integer, got {cfg.max_tasks!r}", "max_tasks")
-    if isinstance(cfg.prefetch, bool) or not isinstance(cfg.prefetch, int) or cfg.prefetch < 1:
-        raise ConfigError(f"expected a positive integer, got {cfg.prefetch!r}", "prefetch")
+    if cfg.prefetch != "auto" and (
+        isinstance(cfg.prefetch, bool) or not isinstance(cfg.prefetch, int) or cfg.prefetch < 1
+    ):
+        raise ConfigError(f"expected a positive integer or 'auto', got {cfg.prefetch!r}", "prefetch")
     if cfg.before_status not in CLAIMABLE:
         raise ConfigError(f"expected one of {sorted(CLAIMABLE)}, got {cfg.before_status!r}", "before_status")
     if cfg.after_status not in COMMITTABLE:
@@ -309,7 +345,7 @@ def run_worker(
     until_empty: bool = False,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     heartbeat_interval: float | None = None,
-    prefetch: int = 1,
+    prefetch: int | str = "auto",
     *,
     grace: float = DEFAULT_GRACE,
     retry_backoff: float = DEFAULT_RETRY_BACKOFF,
@@ -324,7 +360,8 @@ def run_worker(
     ``jobs=1`` works in this process; more spawn fresh processes (signals forwarded to them).
     ``max_tasks`` is per process. ``until_empty`` exits once nothing is waiting or running.
     ``prefetch`` > 1 claims several tasks per transaction (for tiny tasks); all their leases
-    are renewed until each is run or handed back. ``kwargs`` are passed to the function.
+    are renewed until each is run or handed back. ``"auto"`` (the default) claims one task at
+    a time unless tasks take under 50 ms, then enough for about 50 ms of work (at most 16). ``kwargs`` are passed to the function.
     """
     cfg = WorkerConfig(
         task_pool=task_pool,

@@ -11,7 +11,7 @@ import pytest
 
 from alphamill.errors import ConfigError, PoolError, PoolUnavailable, QueryError
 from alphamill.task.manage import TaskManager
-from alphamill.task.worker import load_func, run_worker
+from alphamill.task.worker import _Prefetch, load_func, run_worker
 from tests.task_manager.test_processes import cli_proc, wait_ok
 
 NOOP = "tests.task_manager.funcs:noop"
@@ -172,3 +172,36 @@ def test_worker_rides_out_an_unavailable_store(mem_url, pool, monkeypatch, caplo
     assert stat(mem_url, pool) == {"done": 3}
     assert caplog.text.count("pool unavailable") == 2 and ":pw@" not in caplog.text
     assert time.monotonic() - t0 >= 1.4  # backed off 0.5 s then 1 s
+
+
+def test_auto_prefetch_batches_only_tiny_tasks():
+    p = _Prefetch("auto")
+    assert p.limit() == 1  # nothing known yet: one at a time
+    for _ in range(5):
+        p.record(0.0001)
+    assert p.limit() == 16
+    for _ in range(30):
+        p.record(0.2)
+    assert p.limit() == 1
+    for _ in range(30):
+        p.record(0.012)
+    assert p.limit() == 4  # about 50 ms of 12 ms tasks
+    assert _Prefetch(3).limit() == 3
+
+
+def test_auto_prefetch_in_the_worker(mem_url, pool, monkeypatch):
+    make(mem_url, pool, [{"n": i} for i in range(100)])
+    limits = []
+    real = TaskManager.fetch_tasks
+
+    def spy(self, query=None, status="waiting", limit=1):
+        limits.append(limit)
+        return real(self, query, status, limit)
+
+    monkeypatch.setattr(TaskManager, "fetch_tasks", spy)
+    run_worker(pool, mem_url, func=NOOP, until_empty=True)
+    assert stat(mem_url, pool) == {"done": 100}
+    assert limits[0] == 1 and max(limits) == 16 and len(limits) < 30
+    limits.clear()
+    run_worker(pool, mem_url, func=NOOP, until_empty=True, prefetch=1)
+    assert set(limits) <= {1}
