@@ -217,8 +217,9 @@ class PortAnaRecord(RecordTemp):
 
     (every key optional; those values are the defaults; ``benchmark`` None is the
     equal-weight universe). Extra backtest keys: ``exchange_kwargs.limit_threshold``,
-    ``exchange_kwargs.trade_unit``, ``backtest.signal_lag`` (0: signal of day t traded at the
-    close of t; 1: Qlib's timing, traded the next day) - see :mod:`alphamill.backtest`.
+    ``exchange_kwargs.trade_unit``, ``backtest.signal_lag`` (1, the default, is Qlib's timing:
+    the signal computed at the close of t is traded the next day, as the default label assumes;
+    0 trades at the close of t itself, which is optimistic) - see :mod:`alphamill.backtest`.
 
     Prices come from, in order: ``data`` (a price panel DataFrame, or a data source / folder),
     the ``dataset`` the task trained on, the recorder's ``alphamill.data`` tag (written by
@@ -378,7 +379,7 @@ class PortAnaRecord(RecordTemp):
             "benchmark": bt.get("benchmark"),
             "start_time": bt.get("start_time"),
             "end_time": bt.get("end_time"),
-            "signal_lag": int(bt.get("signal_lag", 0)),
+            "signal_lag": int(bt.get("signal_lag", 1)),
             **ex,
         }
         return skw, kwargs

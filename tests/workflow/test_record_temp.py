@@ -128,7 +128,7 @@ def test_records_end_to_end(exp_name: str) -> None:
 
     report = rec.load_object("portfolio_analysis/report_normal_1day.pkl")
     expected = topk_dropout_backtest(
-        pred, CLOSE, topk=4, n_drop=1, account=1e8, limit_threshold=0.095
+        pred, CLOSE, topk=4, n_drop=1, account=1e8, limit_threshold=0.095, signal_lag=1
     )
     pd.testing.assert_frame_equal(report, expected, check_freq=False)
     # predictions reach the last day of the prices: that day has no next return, it is dropped
@@ -158,8 +158,9 @@ def test_port_ana_defaults_scaler_and_last_day(exp_name: str) -> None:
         rec.save_objects(**{"pred.pkl": pred, "label.pkl": dataset.label})
         PortAnaRecord(rec, data=CLOSE, ann_scaler=12).generate()
     report = rec.load_object("portfolio_analysis/report_normal_1day.parquet")
-    assert list(report.index) == list(DAYS[-10:-1])
-    expected = topk_dropout_backtest(pred, CLOSE)  # defaults: topk 50, n_drop 5, costs...
+    assert list(report.index) == list(DAYS[-9:-1])
+    # defaults: topk 50, n_drop 5, costs..., Qlib's timing (signal traded the next day)
+    expected = topk_dropout_backtest(pred, CLOSE, signal_lag=1)
     pd.testing.assert_frame_equal(report, expected, check_freq=False)
     r = report["excess_return_without_cost"]
     assert rec.list_metrics()["1day.excess_return_without_cost.annualized_return"] == (
@@ -190,7 +191,9 @@ def test_port_ana_reads_prices_from_the_data_layer(exp_name: str, tmp_path: Path
         PortAnaRecord(rec, config=config).generate()  # prices found through the tag
     report = rec.load_object("portfolio_analysis/report_normal_1day.parquet")
     pred = rec.load_object("pred.pkl")
-    expected = topk_dropout_backtest(pred, CLOSE.astype(np.float32), topk=3, n_drop=1)
+    expected = topk_dropout_backtest(
+        pred, CLOSE.astype(np.float32), topk=3, n_drop=1, signal_lag=1
+    )
     pd.testing.assert_frame_equal(report, expected, check_freq=False)
 
 
