@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 import pickle
+import re
 from typing import Any
 
 from alphamill.errors import CanonicalError, ConfigError, PoolError
@@ -67,6 +68,11 @@ def _canonicalize(obj: Any, path: str) -> Any:
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+#: A key as ``json`` writes a non-string key (``1``, ``1.5``, ``true``, ``null`` ...). Only
+#: when one appears in the compact text can a key have been converted, so only then is
+#: the (slower) walk over the keys needed; a string key that looks like this merely costs
+#: the walk.
+_SUSPECT_KEY = re.compile(r'"(?:-?[0-9][0-9.eE+-]*|true|false|null|-?Infinity|NaN)":')
 
 
 def _keys_are_strings(obj: Any) -> bool:
@@ -108,7 +114,7 @@ def plain_canonical(obj: Any) -> tuple[Any, str] | None:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return None
-    if "-0.0" in text or not _keys_are_strings(obj):
+    if "-0.0" in text or (_SUSPECT_KEY.search(text) is not None and not _keys_are_strings(obj)):
         return None
     return obj, text
 

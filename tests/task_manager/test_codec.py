@@ -39,7 +39,10 @@ def test_non_plain_values_take_the_canonical_path(value):
     assert fast_task_hash(value) == task_hash(value)
 
 
-@pytest.mark.parametrize("value", [{1: "a"}, {"a": {1, 2}}, float("nan"), {"o": object()}])
+@pytest.mark.parametrize(
+    "value",
+    [{1: "a"}, {"a": {2.5: 1}}, {"a": [{True: 1}]}, {None: 1}, {"a": {1, 2}}, float("nan"), {"o": object()}],
+)
 def test_invalid_values_fail_like_canonical(value):
     assert plain_canonical(value) is None
     with pytest.raises(CanonicalError):
@@ -76,3 +79,9 @@ def test_pickle_codec_signs_and_verifies(monkeypatch):
     with pytest.raises(PayloadError, match="signature"):
         Codec("pickle", "pool1").decode(stored)
     assert c.task_hash({"s": {1, 2}}).startswith("pickle:")
+
+
+def test_numeric_looking_string_keys_stay_on_the_fast_path():
+    value = {"1": {"true": [1, {"null": -1.5}]}, "x": 'a"2":'}
+    assert plain_canonical(value) is not None
+    assert fast_task_hash(value) == task_hash(value)
