@@ -393,6 +393,39 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", default_name: s
 # -- tasks ------------------------------------------------------------------------------------
 
 
+#: Handlers whose features come from the on-disk cache (computed over the whole history), so a
+#: window's handler may load just the window's span without changing any value.
+CACHED_HANDLERS = ("Alpha158",)
+
+
+def window_span_mod(task: dict, rolling_gen: Any) -> None:
+    """Qlib's ``handler_mod`` (end extended to the test end, fit window = train segment), and for
+    a cached handler (Alpha158) the load span narrowed to the window: ``start_time`` = the
+    earliest segment start, ``end_time`` = the test end. Features and labels are computed over
+    the whole history in the cache, so every value is the same; each window just loads (and
+    holds in memory) its own years instead of the whole market."""
+    from alphamill.task.gen import handler_mod
+
+    handler_mod(task, rolling_gen)
+    handler = task["dataset"]["kwargs"].get("handler")
+    if not isinstance(handler, dict) or str(handler.get("class", "")).rsplit(".", 1)[-1] not in CACHED_HANDLERS:
+        return
+    segs = task["dataset"]["kwargs"]["segments"]
+    starts = [seg[0] for seg in segs.values() if seg and seg[0] is not None]
+    test_end = segs[rolling_gen.test_key][1]
+    hk = handler["kwargs"]
+    if starts:
+        hk["start_time"] = min(starts, key=pd_timestamp)
+    if test_end is not None:
+        hk["end_time"] = test_end
+
+
+def pd_timestamp(value: Any) -> Any:
+    import pandas as pd
+
+    return pd.Timestamp(value)
+
+
 def build_generators(cfg: RunConfig, calendar: Sequence[Any] | None = None) -> list[Any]:
     """The task generators of the config, in order."""
     from alphamill.task.gen import GridGen, MultiHorizonGen, RollingGen
@@ -404,7 +437,7 @@ def build_generators(cfg: RunConfig, calendar: Sequence[Any] | None = None) -> l
             if name == "rolling":
                 out.append(RollingGen(step=spec["step"], rtype=spec["rtype"], trunc_days=spec.get("trunc_days"),
                                       embargo=spec.get("embargo", 0), test_end=spec.get("test_end"),
-                                      calendar=calendar))
+                                      calendar=calendar, ds_extra_mod_func=window_span_mod))
             elif name == "grid":
                 out.append(GridGen(spec))
             else:

@@ -44,6 +44,10 @@ def test_flagship_windows():
     assert second["segments"]["train"][0] > "2010-01-01"
     assert second["handler"]["kwargs"]["fit_start_time"] == second["segments"]["train"][0]
     assert [t["meta"]["rolling"]["index"] for t in tasks] == list(range(6))
+    # each window's (cached) Alpha158 handler loads just the window's span
+    for t in tasks:
+        segs, hk = t["dataset"]["kwargs"]["segments"], t["dataset"]["kwargs"]["handler"]["kwargs"]
+        assert hk["start_time"] == segs["train"][0] and hk["end_time"] == segs["test"][1]
     validate_tasks(tasks)
 
 
