@@ -149,6 +149,23 @@ CASES: list[Case] = [
          {"corrupt/A.parquet": b"PAR1 this is not parquet"}),
     Case("data-mixed-columns", ["data", "info", "{tmp}/mixed"], ("b.csv", "missing column")),
     Case("data-non-numeric", ["data", "info", "{tmp}/nonnum"], ("a.csv", "close")),
+    # -- features --------------------------------------------------------------------------------
+    Case("features-missing-data", ["features", "--data", "{tmp}/no_data", "--out", "{tmp}/f.parquet"],
+         ("no_data", "does not exist")),
+    Case("features-unknown-universe", ["features", "--data", "{data}", "--universe", "NOPE",
+                                       "--out", "{tmp}/f.parquet"], ("'nope'", "universe")),
+    Case("features-unknown-symbol", ["features", "--data", "{data}", "--universe", "S0001,XXX",
+                                     "--out", "{tmp}/f.parquet"], ("instruments", "xxx")),
+    Case("features-start-after-end", ["features", "--data", "{data}", "--start", "2012-05-01", "--end",
+                                      "2011-01-01", "--out", "{tmp}/f.parquet"], ("--start", "after")),
+    Case("features-bad-date", ["features", "--data", "{data}", "--start", "notadate",
+                               "--out", "{tmp}/f.parquet"], ("--start", "notadate")),
+    Case("features-horizon-zero", ["features", "--data", "{data}", "--horizon", "0",
+                                   "--out", "{tmp}/f.parquet"], ("horizon", "0")),
+    Case("features-truncated-data", ["features", "--data", "{tmp}/trunc", "--out", "{tmp}/f.parquet"],
+         ("a.csv", "line")),
+    Case("features-out-folder-missing", ["features", "--data", "{data}", "--out", "{tmp}/nowhere/f.parquet"],
+         ("--out", "nowhere")),
 ]
 
 
@@ -305,6 +322,7 @@ def test_bad_input(case: Case, env):
         assert _fill(want, env).lower() in out.lower(), f"{want!r} not in:\n{out}"
     assert _state(env) == before, "the pool changed"
     assert _snapshot(Path(env["tmp"]) / "mlruns") == tracking, "the experiment store changed"
+    assert not (Path(env["tmp"]) / "f.parquet").exists(), "a refused export wrote its output"
 
 
 def test_unicode_task_content_is_fine(env):
