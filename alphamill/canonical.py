@@ -124,7 +124,7 @@ def _canon(obj: Any, path: str, active: set[int]) -> Any:
         )
     raise CanonicalError(
         f"a value of type {type(obj).__module__}.{type(obj).__qualname__} is not "
-        "representable in a task definition (expected JSON values: dict, list, str, int, "
+        "representable as JSON (expected JSON values: dict, list, str, int, "
         "float, bool, None, or a date/timestamp)",
         path,
     )

@@ -56,6 +56,15 @@ def features_cmd(data: str, universe: str, start: str | None, end: str | None, o
     if horizon is not None:
         label = label_config(None, horizon)
     df = load_features(data, instruments=spec, start=start, end=end, label=label, cache_dir=cache_dir)
+    if df.empty:
+        from alphamill.data import open_data
+
+        cal = open_data(data).calendar()
+        raise ConfigError(
+            f"no rows between {start or 'the start'} and {end or 'the end'} for universe "
+            f"{universe!r}; the data covers {cal[0]:%Y-%m-%d}..{cal[-1]:%Y-%m-%d}; nothing written",
+            "--start/--end",
+        )
     tmp = out.with_name(f".{out.name}.tmp")
     df.to_parquet(tmp, engine="pyarrow")
     tmp.replace(out)

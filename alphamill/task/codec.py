@@ -191,23 +191,26 @@ class Codec:
     # -- encoding ------------------------------------------------------------------------------
     def encode_definition(self, definition: Any, where: str = "task") -> Any:
         """The stored form of a task definition (canonical JSON or a signed envelope)."""
-        stored = self._encode(definition, where)
+        stored = self._encode(definition, where, "task definitions must be plain JSON data")
         _check_size(len(json.dumps(stored, separators=(",", ":"), ensure_ascii=False).encode("utf-8")), where)
         return stored
 
     def encode_result(self, result: Any, task_id: str) -> Any:
         """The stored form of a task's result; a non-JSON result is a clear error in JSON pools."""
-        return self._encode(result, f"result of task {task_id}")
+        return self._encode(
+            result,
+            f"result of task {task_id}",
+            "task functions must return plain data such as dicts, lists, numbers and strings",
+        )
 
-    def _encode(self, obj: Any, where: str) -> Any:
+    def _encode(self, obj: Any, where: str, hint: str) -> Any:
         try:
             value = _canonicalize(obj, where)
         except CanonicalError as e:
             if self.name != "pickle":
                 raise CanonicalError(
-                    f"{e} (a {type(obj).__name__} is not JSON-compatible; the pool "
-                    f"{self.pool!r} uses the json codec: return plain data such as dicts, "
-                    "lists, numbers and strings, or create the pool with codec='pickle')"
+                    f"{e} (the pool {self.pool!r} uses the json codec: {hint}, or create the "
+                    "pool with codec='pickle')"
                 ) from None
             return self._seal(obj)
         if isinstance(value, dict) and _ENVELOPE in value:

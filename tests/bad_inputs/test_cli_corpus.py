@@ -164,6 +164,8 @@ CASES: list[Case] = [
                                    "--out", "{tmp}/f.parquet"], ("horizon", "0")),
     Case("features-truncated-data", ["features", "--data", "{tmp}/trunc", "--out", "{tmp}/f.parquet"],
          ("a.csv", "line")),
+    Case("features-dates-outside-data", ["features", "--data", "{data}", "--start", "2030-01-01",
+                                         "--out", "{tmp}/f.parquet"], ("--start", "data covers")),
     Case("features-out-folder-missing", ["features", "--data", "{data}", "--out", "{tmp}/nowhere/f.parquet"],
          ("--out", "nowhere")),
 ]

@@ -345,16 +345,21 @@ def _wrap_errors(method: F) -> F:
                 if self.is_mongomock:
                     with _MOCK_LOCK:
                         return method(self, *args, **kwargs)
-                return method(self, *args, **kwargs)
+                result = method(self, *args, **kwargs)
+                self._reached = True
+                return result
             except AlphamillError:
                 raise
             except ConnectionFailure as e:
                 now = time.monotonic()
-                deadline = now + self.retry_seconds if deadline is None else deadline
+                # A server never reached (a mistyped URL) fails after one server-selection
+                # timeout; one that answered before is waited for, as during a restart.
+                budget = self.retry_seconds if self._reached else 0.0
+                deadline = now + budget if deadline is None else deadline
                 if now + delay > deadline:
                     raise PoolUnavailable(
                         f"pool {redact_url(self.url)}: MongoDB unavailable after retrying for "
-                        f"{self.retry_seconds:g}s: {redact_url(str(e))}"
+                        f"{budget:g}s: {redact_url(str(e))}"
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -378,7 +383,7 @@ class MongoBackend(Backend):
         url: str,
         client: Any = None,
         *,
-        server_selection_timeout_ms: int = 10_000,
+        server_selection_timeout_ms: int = 5_000,
         retry_seconds: float = 30.0,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("mongodb://", "mongodb+srv://")):
@@ -392,6 +397,7 @@ class MongoBackend(Backend):
         self._client = client if client is not None else self._new_client()
         self.is_mongomock = type(self._client).__module__.split(".")[0] == "mongomock"
         self._indexes_ready = False
+        self._reached = False
 
     @staticmethod
     def parse_db_name(url: str) -> str:

@@ -317,6 +317,7 @@ class PostgresBackend(Backend):
         connect_timeout: float = 10.0,
         retry_seconds: float = 30.0,
         max_backoff: float = 2.0,
+        first_connect_seconds: float = 3.0,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
             raise PoolError(
@@ -333,9 +334,11 @@ class PostgresBackend(Backend):
         self._schema: str | None = None
         self._server_version = 0
         self._q: dict[str, str] = {}
-        # Fail fast on an unreachable server or a bad schema instead of at the first task.
+        # Fail fast on an unreachable server or a bad schema instead of at the first task: a
+        # mistyped URL is reported within ``first_connect_seconds``; only a server that was
+        # reachable once is waited for (``retry_seconds``), as during a restart.
         try:
-            self._run(lambda conn, retry: None)
+            self._run(lambda conn, retry: None, retry_seconds=first_connect_seconds)
         except BaseException:
             self.close()
             raise
@@ -379,8 +382,11 @@ class PostgresBackend(Backend):
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _run(self, fn: Callable[[psycopg.Connection, bool], T]) -> T:
+    def _run(
+        self, fn: Callable[[psycopg.Connection, bool], T], retry_seconds: float | None = None
+    ) -> T:
         """Run ``fn(conn, retrying)``, reconnecting with backoff on connection errors."""
+        retry_seconds = self.retry_seconds if retry_seconds is None else retry_seconds
         deadline: float | None = None
         delay = 0.05
         retrying = False
@@ -398,11 +404,11 @@ class PostgresBackend(Backend):
                     ) from e
             now = time.monotonic()
             if deadline is None:
-                deadline = now + self.retry_seconds
+                deadline = now + retry_seconds
             if now + delay > deadline:
                 raise PoolUnavailable(
                     f"pool {redact_url(self.url)}: PostgreSQL unavailable after retrying for "
-                    f"{self.retry_seconds:g}s: {redact_url(str(error)).strip()}"
+                    f"{retry_seconds:g}s: {redact_url(str(error)).strip()}"
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
