@@ -444,6 +444,10 @@ class TrainerRM(Trainer):
         self.timeout = timeout
         #: Counts of the last ``train``/``end_train``: tasks given, new in the pool, trained here.
         self.last_stats: dict[str, int] = {}
+        #: Called once when tasks are about to be trained here: after the local worker processes
+        #: are started (so their start-up overlaps it), or before training in this process. The
+        #: experiment runner computes the feature cache there; workers wait on the cache's lock.
+        self.prepare_func: Callable[[], Any] | None = None
 
     # -- plumbing --------------------------------------------------------------------------
     def _manager(self) -> Any:
@@ -521,18 +525,24 @@ class TrainerRM(Trainer):
             return stat
         n = min(self.n_jobs, max(stat.get(before, 0), 1))
         if not self.skip_run_task and n == 1:
+            self._prepare()
             return self._run_here(tm, query, len(unique), before, after, func)
         procs: list[Any] = []
-        if not self.skip_run_task:
-            from alphamill.task.worker import check_config
-
-            cfg = self._worker_config(tm.url, query, before, after, func)
-            check_config(cfg, n)
-            procs = _start_workers(cfg, n)
         try:
+            if not self.skip_run_task:
+                from alphamill.task.worker import check_config
+
+                cfg = self._worker_config(tm.url, query, before, after, func)
+                check_config(cfg, n)
+                procs = _start_workers(cfg, n)
+                self._prepare()
             return _wait(tm, query, len(unique), self.poll_interval, self.progress, self.timeout, procs, after)
         finally:
             _stop_workers(procs)
+
+    def _prepare(self) -> None:
+        if self.prepare_func is not None:
+            self.prepare_func()
 
     def _run_here(self, tm: Any, query: dict[str, Any], total: int, before: str, after: str,
                   func: str) -> dict[str, int]:

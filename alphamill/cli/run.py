@@ -22,13 +22,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(df: Any, title: str, index_names: list[str] | None = None) -> Any:
+def _table(df: Any, title: str) -> Any:
+    import pandas as pd
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     flat = df.reset_index()
     for col in flat.columns:
-        table.add_column(str(col), justify="left" if flat[col].dtype == object else "right")
+        numeric = pd.api.types.is_numeric_dtype(flat[col])
+        table.add_column(str(col), justify="right" if numeric else "left")
     for row in flat.itertuples(index=False):
         table.add_row(*(_fmt(v) for v in row))
     return table

@@ -542,10 +542,13 @@ def run_experiment(
             if n:
                 say(f"removed {n} earlier tasks of experiment {cfg.experiment} (--fresh)")
         stat = tm.task_stat({"meta.experiment_name": cfg.experiment})
-    if cfg.workers and stat.get("done") != len(tasks):
+    def prepare() -> None:
         say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
         timings["features_seconds"] = warm_feature_cache(tasks)
         say(f"features ready in {timings['features_seconds']:.1f} s")
+
+    if stat.get("done") != len(tasks):
+        trainer.prepare_func = prepare  # runs while the worker processes start up
     t0 = time.perf_counter()
     if cfg.workers:
         say(f"training with {cfg.workers} worker process{'es' if cfg.workers > 1 else ''}")
