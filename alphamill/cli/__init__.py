@@ -16,7 +16,7 @@ from alphamill.config import redact_url
 from alphamill.errors import AlphamillError
 
 #: Modules under alphamill.cli that contribute commands, each with ``register(group)``.
-COMMAND_MODULES = ("pool", "data", "features", "demo", "run")
+COMMAND_MODULES = ("pool", "data", "features", "demo", "run", "online")
 
 
 class AlphamillGroup(click.Group):
