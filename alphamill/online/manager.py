@@ -202,13 +202,14 @@ class OnlineManager:
         return True
 
     def first_train(self, strategies: Sequence[OnlineStrategy] | None = None,
-                    model_kwargs: dict | None = None) -> None:
+                    model_kwargs: dict | None = None, cur_time: Any = None) -> None:
         """Train each strategy's first tasks and put its chosen models online.
 
         A strategy that already has a stored state is left as it is (first_train is
-        idempotent). Predictions are extended to ``begin_time``.
+        idempotent). Training happens as of ``cur_time`` (default ``begin_time``, else the
+        data's last day); predictions are extended to that day.
         """
-        cur = self._trading_day(self.begin_time)
+        cur = self._trading_day(cur_time if cur_time is not None else self.begin_time)
         self.cur_time = cur
         for s in strategies or self.strategies:
             if s.state().version:
@@ -235,7 +236,7 @@ class OnlineManager:
         summary: dict[str, Any] = {"date": _iso(cur), "trained": {}, "switched": []}
         for s in self.strategies:
             if not s.state().version:
-                self.first_train([s])
+                self.first_train([s], cur_time=cur)
                 summary["switched"].append(s.name_id)
                 continue
             tasks = s.prepare_tasks(cur, **task_kwargs)
