@@ -142,16 +142,17 @@ def test_busy_routine_exits_with_message(tmp_path, am_env):  # noqa: F811
 
 def test_killed_routine_rerun_matches_uninterrupted(tmp_path, am_env):  # noqa: F811
     from alphamill.online.state import open_state_store
+    from alphamill.workflow.recorder import R
 
     ref_pool, _ = init_pool(tmp_path, am_env)
     assert cli("online", "--pool", ref_pool, "routine", "--date", DAY).exit_code == 0
-    pool, _ = init_pool(tmp_path, am_env)
+    pool, name = init_pool(tmp_path, am_env)
     store = open_state_store(pool)
+    exp = R.get_exp(experiment_name=name, create=False)
     proc = run_proc(pool, "routine", "--date", DAY)
-    deadline = time.monotonic() + 60
-    while store.lock_holder("routine") is None and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # into the training
+    deadline = time.monotonic() + 120
+    while not exp.list_recorders("RUNNING") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the routine is training window 1
     killed = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -160,6 +161,7 @@ def test_killed_routine_rerun_matches_uninterrupted(tmp_path, am_env):  # noqa: 
     r = cli("online", "--pool", pool, "routine", "--date", DAY)
     assert r.exit_code == 0, r.output
     assert_same_state(state_of(pool), state_of(ref_pool))
+    assert len(exp.list_recorders("RUNNING")) == 1  # the killed run is left out of the state
 
 
 def test_two_routines_at_once_train_once(tmp_path, am_env):  # noqa: F811
