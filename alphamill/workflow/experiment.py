@@ -481,6 +481,44 @@ def validate_tasks(tasks: Sequence[dict[str, Any]]) -> None:
             get_callable_kwargs(rec, default_module="alphamill.workflow.record_temp", path=f"task.record.{i}")
 
 
+def validate_data(tasks: Sequence[dict[str, Any]]) -> None:
+    """Check each task's universe and segments against its data (calendar and listings only,
+    no prices): an empty universe or a segment without a single trading day is refused here,
+    before anything is stored, instead of failing in every worker."""
+    import pandas as pd
+
+    from alphamill.data import open_data
+
+    sources: dict[str, Any] = {}
+    for n, task in enumerate(tasks):
+        ds_kwargs = task["dataset"].get("kwargs") or {}
+        handler = ds_kwargs.get("handler")
+        if not isinstance(handler, dict):
+            continue
+        hk = handler.get("kwargs") or {}
+        key = repr((hk.get("data"), hk.get("instruments", "all")))
+        if key not in sources:
+            source = open_data(hk.get("data"))
+            universe = hk.get("instruments", "all")
+            if isinstance(universe, (list, tuple)) and not universe:
+                raise ConfigError("empty universe: expected 'all', a market, a file or symbols",
+                                  "task.dataset.kwargs.handler.kwargs.instruments")
+            source.instruments(universe)  # unknown symbols / empty universes are DataErrors
+            sources[key] = source.calendar()
+        cal = sources[key]
+        for name, seg in (ds_kwargs.get("segments") or {}).items():
+            if not isinstance(seg, (list, tuple)) or len(seg) != 2:
+                continue  # the dataset reports malformed segments with their path
+            start = pd.Timestamp(seg[0]) if seg[0] is not None else cal[0]
+            end = pd.Timestamp(seg[1]) if seg[1] is not None else cal[-1]
+            if not ((cal >= start) & (cal <= end)).any():
+                raise ConfigError(
+                    f"{seg[0]}..{seg[1]} holds no trading day of the data "
+                    f"({cal[0]:%Y-%m-%d}..{cal[-1]:%Y-%m-%d}) in task {n}",
+                    f"task.dataset.kwargs.segments.{name}",
+                )
+
+
 def warm_feature_cache(tasks: Sequence[dict[str, Any]]) -> float:
     """Compute each distinct handler's features once, before the workers start, so the
     workers read them from the cache instead of all computing them at once. Returns seconds."""
@@ -529,6 +567,7 @@ def run_experiment(
     t0 = time.perf_counter()
     tasks = build_tasks(cfg)
     validate_tasks(tasks)
+    validate_data(tasks)
     timings["generate_seconds"] = time.perf_counter() - t0
     say(f"generated {len(tasks)} tasks from {cfg.source} "
         f"({', '.join(n for n, _ in cfg.generators) or 'no generators'})")
