@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from alphamill.errors import ConfigError
+from alphamill.memory import release_memory
 from alphamill.model.base import (
     MODEL_PATH,
     Model,
@@ -24,6 +25,10 @@ from alphamill.model.base import (
 )
 
 LOSSES = ("mse", "binary")
+#: LightGBM's histogram-layout switches; without one of them LightGBM times both layouts at the
+#: start of every fit. Column-wise is the faster one for Alpha158-sized panels (few hundred
+#: features, hundreds of thousands of rows) and gives the same trees.
+_LAYOUT_PARAMS = ("force_col_wise", "force_row_wise")
 #: Worker processes set this to split the machine's cores between them.
 THREADS_ENV = "ALPHAMILL_NUM_THREADS"
 
@@ -82,8 +87,9 @@ class LGBModel(Model):
     LightGBM parameter (``learning_rate``, ``num_leaves``, ``colsample_bytree``, ...). Training
     stops early after ``early_stopping_rounds`` rounds without improvement on ``valid`` when the
     dataset has that segment. ``num_threads`` defaults to ``$ALPHAMILL_NUM_THREADS`` if set, else
-    LightGBM's own default (all cores). ``fit_seconds`` is the time spent inside
-    ``lightgbm.train``.
+    LightGBM's own default (all cores). Unless ``force_row_wise`` or ``force_col_wise`` is
+    given, ``force_col_wise=True`` is set (same trees, no layout test at every fit).
+    ``fit_seconds`` is the time spent in LightGBM: building its Datasets and ``lightgbm.train``.
     """
 
     format = "lightgbm-text"
@@ -141,18 +147,43 @@ class LGBModel(Model):
             n = int(os.environ[THREADS_ENV])
         return {} if n is None else {"num_threads": n}
 
-    def _lgb_dataset(self, df: pd.DataFrame, reference: lgb.Dataset | None = None) -> lgb.Dataset:
+    def _train_params(self) -> dict[str, Any]:
+        """The parameters of ``lightgbm.train`` and of its Datasets (the same dict, so a Dataset
+        built before training is not rebuilt)."""
+        params = {**self.params, **self._threads()}
+        known = _lgb_param_names()
+        if not any(known.get(name) in _LAYOUT_PARAMS for name in params):
+            params["force_col_wise"] = True
+        return params
+
+    def _lgb_dataset(
+        self, df: pd.DataFrame, params: dict[str, Any], reference: lgb.Dataset | None = None
+    ) -> lgb.Dataset:
+        """A constructed Dataset, so that the frame's float32 values can be dropped at once.
+
+        The feature block is handed to LightGBM as it is stored (float32, one contiguous
+        block), which LightGBM reads without a copy; a float64 or mixed frame is converted to
+        one float32 block first, which is what LightGBM would bin anyway.
+        """
         x, y = split_xy(df)
         if self.loss == "binary":
             y = (y > 0).astype("float64")
-        return lgb.Dataset(
-            x.to_numpy(),
+        values = x.to_numpy()
+        if values.dtype != np.float32 or not (
+            values.flags.c_contiguous or values.flags.f_contiguous
+        ):
+            values = np.asarray(values, dtype=np.float32, order="C")
+        names = _safe_feature_names(list(x.columns))
+        del x
+        ds = lgb.Dataset(
+            values,
             label=y,
-            feature_name=_safe_feature_names(list(x.columns)),
+            feature_name=names,
             reference=reference,
-            params={"verbosity": -1},
+            params=params,
             free_raw_data=True,
         )
+        return ds.construct()
 
     def fit(
         self,
@@ -167,12 +198,19 @@ class LGBModel(Model):
             raise ConfigError("sample reweighting is not supported", "task.reweighter")
         train_df, valid_df = training_frames(dataset)
         self.feature_names = [str(c) for c in train_df["feature"].columns]
-        dtrain = self._lgb_dataset(train_df)
+        params = self._train_params()
+        # the Datasets are built (binned) here, one at a time, and each frame is released as
+        # soon as LightGBM holds its bins, so the float32 frames and LightGBM's binning sample
+        # are never all in memory at once; the building counts as LightGBM time
+        t0 = time.perf_counter()
+        dtrain = self._lgb_dataset(train_df, params)
+        del train_df
         valid_sets, valid_names = [], []
         if valid_df is not None and not valid_df.empty:
-            valid_sets.append(self._lgb_dataset(valid_df, reference=dtrain))
+            valid_sets.append(self._lgb_dataset(valid_df, params, reference=dtrain))
             valid_names.append("valid")
-        del train_df, valid_df
+        del valid_df
+        release_memory()
         result: dict[str, Any] = {}
         callbacks = [lgb.record_evaluation(result)]
         if valid_sets:
@@ -183,9 +221,8 @@ class LGBModel(Model):
             )
         if verbose_eval:
             callbacks.append(lgb.log_evaluation(period=verbose_eval))
-        t0 = time.perf_counter()
         self.model = lgb.train(
-            {**self.params, **self._threads()},
+            params,
             dtrain,
             num_boost_round=num_boost_round or self.num_boost_round,
             valid_sets=valid_sets,
@@ -193,6 +230,7 @@ class LGBModel(Model):
             callbacks=callbacks,
         )
         self.fit_seconds = time.perf_counter() - t0
+        del dtrain, valid_sets
         self.best_iteration = int(self.model.best_iteration or self.model.current_iteration())
         self.evals_result = result
         if evals_result is not None:

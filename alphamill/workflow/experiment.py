@@ -537,6 +537,11 @@ def warm_feature_cache(tasks: Sequence[dict[str, Any]]) -> float:
             continue
         done.add(key)
         ensure_cached(open_data(hk.get("data")), label=hk.get("label"), cache_dir=hk.get("cache_dir"))
+    # computing the features leaves a large freed heap behind; with one worker this process
+    # trains next, so hand it back rather than carry it through every window
+    from alphamill.memory import release_memory
+
+    release_memory()
     return time.perf_counter() - t0
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from alphamill.dataset import Dataset, fill_placeholder
 from alphamill.errors import ConfigError
+from alphamill.memory import release_memory
 from alphamill.model.base import Model
 
 TASK_ARTIFACT = "task.json"
@@ -201,12 +202,15 @@ def task_train(
     from alphamill.workflow.recorder import R
 
     task_config = _check_task(task_config)
-    with R.start(experiment_name=experiment_name, recorder_name=recorder_name):
-        rec = R.get_recorder()
-        _log_task_info(rec, task_config, stage="running")
-        _exe_task(task_config)
-        R.set_tags(**{STAGE_TAG: "done"})
-        return R.get_recorder()
+    try:
+        with R.start(experiment_name=experiment_name, recorder_name=recorder_name):
+            rec = R.get_recorder()
+            _log_task_info(rec, task_config, stage="running")
+            _exe_task(task_config)
+            R.set_tags(**{STAGE_TAG: "done"})
+            return R.get_recorder()
+    finally:
+        release_memory()
 
 
 def begin_task_train(
@@ -232,11 +236,14 @@ def end_task_train(rec: Any, experiment_name: str) -> Any:
     from alphamill.workflow.recorder import R
 
     ref = recorder_ref(rec)
-    with R.start(experiment_name=experiment_name, recorder_id=ref["run_id"], resume=True):
-        current = R.get_recorder()
-        task_config = current.load_object(TASK_ARTIFACT)
-        if isinstance(task_config, (str, bytes)):
-            task_config = json.loads(task_config)
-        _exe_task(_check_task(task_config))
-        R.set_tags(**{STAGE_TAG: "done"})
-        return R.get_recorder()
+    try:
+        with R.start(experiment_name=experiment_name, recorder_id=ref["run_id"], resume=True):
+            current = R.get_recorder()
+            task_config = current.load_object(TASK_ARTIFACT)
+            if isinstance(task_config, (str, bytes)):
+                task_config = json.loads(task_config)
+            _exe_task(_check_task(task_config))
+            R.set_tags(**{STAGE_TAG: "done"})
+            return R.get_recorder()
+    finally:
+        release_memory()
