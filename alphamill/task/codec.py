@@ -178,6 +178,11 @@ class Codec:
 
     def prepare(self, definition: Any, where: str = "task") -> tuple[Any, str]:
         """``(stored form, content hash)`` of a definition, in one canonical pass when plain."""
+        return self.prepare_text(definition, where)[:2]
+
+    def prepare_text(self, definition: Any, where: str = "task") -> tuple[Any, str, str | None]:
+        """``(stored form, content hash, canonical JSON text or None)``: the text is given when
+        the plain-JSON fast path produced it, so the store need not encode it again."""
         fast = plain_canonical(definition)
         if fast is not None:
             value, text = fast
@@ -185,8 +190,8 @@ class Codec:
                 raise CanonicalError(f"the key {_ENVELOPE!r} is reserved for signed payloads", where)
             data = text.encode("utf-8")
             _check_size(len(data), where)
-            return value, hashlib.sha256(data).hexdigest()
-        return self.encode_definition(definition, where), self.task_hash(definition)
+            return value, hashlib.sha256(data).hexdigest(), text
+        return self.encode_definition(definition, where), self.task_hash(definition), None
 
     # -- encoding ------------------------------------------------------------------------------
     def encode_definition(self, definition: Any, where: str = "task") -> Any:

@@ -408,7 +408,7 @@ class TaskManager:
     def _new_task(self, definition: Any, where: str, priority: int) -> NewTask:
         if not isinstance(definition, Mapping):
             raise ConfigError(f"a task definition is a dict, got {type(definition).__name__}", where)
-        stored, content_hash = self.codec.prepare(definition, where)
+        stored, content_hash, text = self.codec.prepare_text(definition, where)
         meta = definition.get("meta")
         if meta is None:
             metadata: dict[str, Any] = {}
@@ -422,6 +422,7 @@ class TaskManager:
             priority=priority,
             max_attempts=self.max_attempts,
             metadata=metadata,
+            definition_json=text,
         )
 
     def create_task(

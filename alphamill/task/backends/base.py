@@ -60,6 +60,9 @@ class NewTask:
     priority: int = 0
     max_attempts: int = 3
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: The definition as compact JSON text, when the caller already encoded it (the codec
+    #: does, to hash it): SQL backends store it as is instead of encoding it again.
+    definition_json: str | None = None
 
 
 @dataclass(frozen=True)

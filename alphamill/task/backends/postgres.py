@@ -162,7 +162,10 @@ CREATE INDEX IF NOT EXISTS tasks_lease_idx ON {tasks} (pool, lease_expires)
 
 def _dumps(value: Any, where: str) -> str:
     """JSON text for a jsonb parameter; a clear error when the value is not JSON data."""
-    text = to_json(value, where)
+    return _check_nul(to_json(value, where), where)
+
+
+def _check_nul(text: str, where: str) -> str:
     if "\\u0000" in text and _NUL_RE.search(text):
         raise PoolError(f"{where}: PostgreSQL jsonb cannot store the character U+0000")
     return text
@@ -534,7 +537,11 @@ class PostgresBackend(Backend):
         rows: dict[str, tuple[str, int, int, str]] = {}
         for i, t in enumerate(tasks):
             check_new_task(t, i)
-            definition = _dumps(t.definition, f"tasks[{i}].definition")
+            definition = (
+                _check_nul(t.definition_json, f"tasks[{i}].definition")
+                if t.definition_json is not None
+                else _dumps(t.definition, f"tasks[{i}].definition")
+            )
             metadata = _dumps(t.metadata, f"tasks[{i}].metadata")
             if t.hash not in first:
                 first[t.hash] = i

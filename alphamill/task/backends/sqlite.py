@@ -333,7 +333,7 @@ class SQLiteBackend(Backend):
             if h not in known:
                 i, t = by_hash[h]
                 rows[h] = (
-                    pool, h, to_json(t.definition, f"tasks[{i}].definition"), WAITING,
+                    pool, h, t.definition_json or to_json(t.definition, f"tasks[{i}].definition"), WAITING,
                     t.priority, t.max_attempts, to_json(t.metadata, f"tasks[{i}].metadata"),
                 )
 
