@@ -1,8 +1,10 @@
-"""Handing freed memory back to the operating system between large steps.
+"""Handing memory back to the operating system between large steps.
 
 A window's float32 frames and LightGBM's binning sample are freed once LightGBM holds its
 bins, but glibc keeps much of the freed heap (many arenas, raised mmap threshold) for reuse,
 so the process would carry its largest footprint into training and into every later task.
+Likewise the pages of the memory-mapped feature cache that were read to build a window's
+frames stay mapped (and counted in the process's resident set) after the frames are copies.
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import sys
 from typing import Any
+
+#: Only mappings of these files (the feature cache's blocks) are released.
+_RELEASABLE_SUFFIXES = (".npy",)
+_MADV_DONTNEED = 4
 
 _TRIM: Any = False
 
@@ -38,3 +45,56 @@ def release_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def release_file_pages(min_bytes: int = 16 << 20) -> int:
+    """Unmap the resident pages of unmodified ``.npy`` file mappings; returns the bytes released.
+
+    Only a mapping none of whose pages was ever written (no anonymous or swapped pages in
+    ``/proc/self/smaps``) is touched, so nothing can be lost: its pages stay in the page cache,
+    shared with other processes, and are mapped again from the file when read. Linux only
+    (elsewhere returns 0); mappings smaller than ``min_bytes`` resident are left alone.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        with open("/proc/self/smaps") as f:
+            text = f.read()
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return 0
+    madvise = libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released = 0
+    for start, end, path, fields in _mappings(text):
+        if not path.endswith(_RELEASABLE_SUFFIXES):
+            continue
+        # a written page of a private file mapping becomes an anonymous page (Swap once
+        # swapped out); "Dirty" alone may be the page cache not yet flushed to disk
+        written = fields.get("Anonymous", 0) + fields.get("Swap", 0)
+        rss = fields.get("Rss", 0) * 1024
+        if written or rss < min_bytes:
+            continue
+        if madvise(start, end - start, _MADV_DONTNEED) == 0:
+            released += rss
+    return released
+
+
+def _mappings(text: str) -> list[tuple[int, int, str, dict[str, int]]]:
+    """``/proc/self/smaps`` as (start, end, path, {field: kB}) per private file mapping."""
+    out: list[tuple[int, int, str, dict[str, int]]] = []
+    current: dict[str, int] | None = None
+    for line in text.splitlines():
+        head, _, rest = line.partition(" ")
+        if "-" in head and not head.endswith(":"):
+            parts = line.split(None, 5)
+            current = None
+            if len(parts) == 6 and parts[1].endswith("p") and parts[5].startswith("/"):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                current = {}
+                out.append((lo, hi, parts[5].strip(), current))
+        elif current is not None and head.endswith(":"):
+            value = rest.split()
+            if value and value[0].isdigit():
+                current[head[:-1]] = int(value[0])
+    return out

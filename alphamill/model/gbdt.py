@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from alphamill.errors import ConfigError
-from alphamill.memory import release_memory
+from alphamill.memory import release_file_pages, release_memory
 from alphamill.model.base import (
     MODEL_PATH,
     Model,
@@ -198,6 +198,9 @@ class LGBModel(Model):
             raise ConfigError("sample reweighting is not supported", "task.reweighter")
         train_df, valid_df = training_frames(dataset)
         self.feature_names = [str(c) for c in train_df["feature"].columns]
+        # the feature cache's pages read to build the frames need not stay mapped while
+        # LightGBM bins and trains (any page still needed is mapped again from the file)
+        release_file_pages()
         params = self._train_params()
         # the Datasets are built (binned) here, one at a time, and each frame is released as
         # soon as LightGBM holds its bins, so the float32 frames and LightGBM's binning sample

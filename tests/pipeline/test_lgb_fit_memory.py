@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import lightgbm as lgb
 import numpy as np
 import pytest
 
-from alphamill.memory import release_memory
+from alphamill.memory import release_file_pages, release_memory
 from alphamill.model import LGBModel
 from alphamill.model.base import split_xy, training_frames
 
@@ -50,3 +52,29 @@ def test_layout_defaults_to_col_wise_unless_given(given, expected):
 
 def test_release_memory_runs():
     assert isinstance(release_memory(), bool)
+
+
+def _rss_kb_of(path) -> int:
+    from alphamill.memory import _mappings
+
+    with open("/proc/self/smaps") as f:
+        return sum(fields.get("Rss", 0) for _, _, p, fields in _mappings(f.read()) if p == str(path))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_release_file_pages_keeps_data_and_written_mappings(tmp_path):
+    values = np.arange(8 << 20, dtype=np.float32).reshape(-1, 64)  # 32 MiB
+    np.save(tmp_path / "clean.npy", values)
+    np.save(tmp_path / "written.npy", values)
+    clean = np.load(tmp_path / "clean.npy", mmap_mode="c")
+    written = np.load(tmp_path / "written.npy", mmap_mode="c")
+    assert float(clean.sum(dtype=np.float64)) == float(values.sum(dtype=np.float64))
+    written[0, 0] = -1.0  # a private copy of one page: this mapping must be left alone
+    float(written.sum(dtype=np.float64))
+    assert _rss_kb_of(tmp_path / "clean.npy") > 16 << 10
+    released = release_file_pages()
+    assert released >= 16 << 20
+    assert _rss_kb_of(tmp_path / "clean.npy") == 0
+    assert _rss_kb_of(tmp_path / "written.npy") > 16 << 10
+    np.testing.assert_array_equal(clean, values)  # read back from the file
+    assert written[0, 0] == -1.0 and written[0, 1] == values[0, 1]
