@@ -17,7 +17,9 @@ wall time includes computing Alpha158 once. Reported per configuration:
 * ``features_seconds``: Alpha158 computed once into the cache while the workers start up;
 * ``prepare_seconds``: summed over windows, building each window's dataset from the cache
   (read, slice, processors);
-* ``lgb_seconds``: summed over windows, the time inside ``lightgbm.train``;
+* ``lgb_seconds``: summed over windows, the time in LightGBM (``LGBModel.fit_seconds``:
+  building its binned Datasets, which ``lightgbm.train`` would otherwise do on entry, and
+  ``lightgbm.train``);
 * ``records_seconds``: summed over windows, SignalRecord + SigAnaRecord + PortAnaRecord;
 * ``collect_seconds``: collection, merge, IC tables and the merged backtest;
 * ``outside_lgb_share`` = 1 - (lgb_seconds / workers) / wall_seconds: the share of the wall
