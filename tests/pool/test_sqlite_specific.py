@@ -25,11 +25,12 @@ def _tasks(n: int) -> list[NewTask]:
     return [NewTask({"model": {"kwargs": {"i": i}}}, f"h{i}") for i in range(n)]
 
 
-def _drain(url: str, n: int, out) -> None:
+def _drain(url: str, n: int, barrier, out) -> None:
     """Child process: claim and commit until the pool is empty; report (id, token) pairs."""
     done, errors = [], []
     try:
         backend = open_backend(url, busy_timeout=0.05)
+        barrier.wait(timeout=60)  # start together: a slow (spawned) start must not miss the race
         ident = WorkerIdentity(f"proc{n}", "host", os.getpid())
         while True:
             got = backend.claim_tasks(POOL, worker=ident, query=ALL, from_status=WAITING,
@@ -74,7 +75,8 @@ def test_many_processes_never_double_claim(tmp_path, method):
     backend.insert_tasks(POOL, _tasks(n_tasks))
     ctx = mp.get_context(method)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_drain, args=(url, n, out)) for n in range(4)]
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_drain, args=(url, n, barrier, out)) for n in range(4)]
     for p in procs:
         p.start()
     results = _collect(procs, out, 4)
