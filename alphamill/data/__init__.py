@@ -12,12 +12,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from alphamill.data.demo import generate_demo_market
 from alphamill.data.qlib_bin import QlibBinSource, is_qlib_dir, write_qlib_bin
 from alphamill.data.universe import read_instruments_file, resolve_universe, write_instruments_file
 from alphamill.errors import ConfigError, DataError
+from alphamill.locks import file_lock
 
 #: Parameters of the default demo market (generated on first use).
 DEMO_DEFAULTS = {"n": 300, "start": "2010-01-01", "end": "2020-12-31", "seed": 0}
@@ -76,7 +75,7 @@ def ensure_demo_market(path: str | os.PathLike, **params: Any) -> Path:
     if (target / "meta.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target.parent / f".{target.name}.lock"):
+    with file_lock(target.parent / f".{target.name}.lock"):
         if (target / "meta.json").is_file():
             return target
         if target.exists():
@@ -89,38 +88,6 @@ def ensure_demo_market(path: str | os.PathLike, **params: Any) -> Path:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path, timeout: float = 600.0) -> Iterator[None]:
-    """An inter-process lock: ``flock`` where available, else an O_EXCL lock file."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        fcntl = None
-    if fcntl is not None:
-        with open(lock_path, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        return
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            if time.monotonic() > deadline:
-                raise DataError(f"{lock_path}: timed out waiting for the demo-market lock") from None
-            time.sleep(0.2)
-    try:
-        yield
-    finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
 
 
 def _handler_data(task: Any) -> Any:

@@ -16,14 +16,12 @@ atomically, and a reader never sees a half-written entry.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import pandas as pd
 
 from alphamill.errors import DataError
 from alphamill.features import alpha158 as A
+from alphamill.locks import file_lock
 
 #: Bump when the stored layout changes.
 CACHE_FORMAT = 1
@@ -99,22 +98,6 @@ def _read_entry(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[s
     return values, index, meta["columns"]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock (flock) held while one process builds an entry."""
-    try:
-        import fcntl
-    except ImportError:  # no flock: builders may race, the atomic rename keeps it safe
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def ensure_cached(source, label=None, cache_dir=None) -> Path:
     """Path of the cache entry for ``source`` and ``label``, computing it if needed."""
     from alphamill.config import get_setting
@@ -128,7 +111,7 @@ def ensure_cached(source, label=None, cache_dir=None) -> Path:
     if (entry / "meta.json").is_file():
         return entry
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"{key}.lock"):
+    with file_lock(root / f"{key}.lock"):
         if (entry / "meta.json").is_file():  # built by another process meanwhile
             return entry
         table = compute_table(src, exprs, names)

@@ -58,6 +58,7 @@ import pandas as pd
 
 from alphamill.config import get_setting, redact_url
 from alphamill.errors import AlphamillError, ConfigError
+from alphamill.locks import file_lock
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -146,23 +147,6 @@ def resolve_store(uri: str | None = None) -> _Store:
     return _Store(f"sqlite:///{folder / 'mlflow.db'}", "sqlite", folder, shown)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock (POSIX ``flock``; on other systems a no-op)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "database is locked" in text or "database table is locked" in text
@@ -223,7 +207,7 @@ def open_client(uri: str | None = None) -> MlflowClient:
         if store.kind == "sqlite":
             assert store.root is not None
             db = Path(store.mlflow_uri[len("sqlite:///") :])
-            with _file_lock(store.root / ".mlflow.db.lock"):
+            with file_lock(store.root / ".mlflow.db.lock"):
                 client = _retry(lambda: MlflowClient(tracking_uri=store.mlflow_uri))
                 _retry(lambda: _set_wal(db))
         else:
@@ -833,7 +817,7 @@ class RecorderAPI:
 
         store = _store_of(client)
         lock = (
-            _file_lock(store.root / ".experiments.lock")
+            file_lock(store.root / ".experiments.lock")
             if store.root is not None
             else contextlib.nullcontext()
         )
