@@ -6,19 +6,8 @@ from pathlib import Path
 
 import click
 
+from alphamill.cli.common import parse_date
 from alphamill.errors import ConfigError
-
-
-def _date(value: str, name: str) -> str:
-    import pandas as pd
-
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        ts = None
-    if ts is None or ts is pd.NaT:
-        raise ConfigError(f"expected a date like 2010-01-01, got {value!r}", name)
-    return f"{ts:%Y-%m-%d}"
 
 
 @click.group("data")
@@ -38,7 +27,7 @@ def demo_cmd(out: Path, n: int, start: str, end: str, seed: int) -> None:
     """Write the deterministic synthetic demo market (one CSV per instrument + meta.json)."""
     from alphamill.data.demo import generate_demo_market
 
-    start, end = _date(start, "--start"), _date(end, "--end")
+    start, end = parse_date(start, "--start"), parse_date(end, "--end")
     if start > end:
         raise ConfigError(f"--start {start} is after --end {end}", "--start")
     if out.exists() and any(out.iterdir()):

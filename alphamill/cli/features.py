@@ -6,21 +6,8 @@ from pathlib import Path
 
 import click
 
+from alphamill.cli.common import parse_date
 from alphamill.errors import ConfigError
-
-
-def _date(value: str | None, name: str) -> str | None:
-    if value is None:
-        return None
-    import pandas as pd
-
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        ts = None
-    if ts is None or ts is pd.NaT:
-        raise ConfigError(f"expected a date like 2015-01-31, got {value!r}", name)
-    return f"{ts:%Y-%m-%d}"
 
 
 @click.command("features")
@@ -42,7 +29,7 @@ def features_cmd(data: str, universe: str, start: str | None, end: str | None, o
     from alphamill.features.alpha158 import label_config
     from alphamill.features.cache import load_features
 
-    start, end = _date(start, "--start"), _date(end, "--end")
+    start, end = parse_date(start, "--start"), parse_date(end, "--end")
     if start and end and start > end:
         raise ConfigError(f"--start {start} is after --end {end}", "--start")
     if out.suffix.lower() != ".parquet":

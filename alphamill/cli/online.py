@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from alphamill.cli.common import parse_date
 from alphamill.errors import ConfigError
 
 CONFIG_KEY = "config"
@@ -95,20 +96,6 @@ def _echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=1, default=str))
 
 
-def _date_opt(value: str | None, name: str) -> str | None:
-    if value is None:
-        return None
-    import pandas as pd
-
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError):
-        ts = None
-    if ts is None or ts is pd.NaT:
-        raise ConfigError(f"expected a date like 2020-01-31, got {value!r}", name)
-    return f"{ts.date()}"
-
-
 def register(group: click.Group) -> None:
     @group.group("online")
     @click.option("--pool", "pool", default=None,
@@ -131,7 +118,7 @@ def register(group: click.Group) -> None:
         from alphamill.online.state import _dumps
 
         raw = _read_config(config)
-        begin = _date_opt(begin, "--begin")
+        begin = parse_date(begin, "--begin")
         if begin is not None:
             raw["online"] = {**(raw.get("online") or {}), "begin_time": begin}
         pool, url = ctx.obj["online_pool"], ctx.obj.get("url")
@@ -161,7 +148,7 @@ def register(group: click.Group) -> None:
     def routine_cmd(ctx: click.Context, date: str | None, wait: float | None, as_json: bool) -> None:
         """Train what is due, switch models, extend predictions and append the signal."""
         mgr = _stored_manager(ctx, wait)
-        summary = mgr.routine(_date_opt(date, "--date"))
+        summary = mgr.routine(parse_date(date, "--date"))
         if as_json:
             _echo_json(summary)
         else:
@@ -176,7 +163,7 @@ def register(group: click.Group) -> None:
     def simulate_cmd(ctx: click.Context, end: str, begin: str | None) -> None:
         """Replay history, retraining only at window boundaries."""
         mgr = _stored_manager(ctx)
-        sig = mgr.simulate(_date_opt(end, "--end"), _date_opt(begin, "--begin"))
+        sig = mgr.simulate(parse_date(end, "--end"), parse_date(begin, "--begin"))
         days = sig.index.get_level_values("datetime").unique()
         click.echo(f"simulated {len(days)} signal day(s)" + (f" up to {days.max().date()}" if len(days) else ""))
 
@@ -223,7 +210,7 @@ def register(group: click.Group) -> None:
         if topk < 1:
             raise ConfigError(f"expected a positive integer, got {topk}", "--topk")
         mgr = _stored_manager(ctx)
-        out = signal_report(mgr, _date_opt(date, "--date"), topk)
+        out = signal_report(mgr, parse_date(date, "--date"), topk)
         if as_json:
             _echo_json(out)
             return
