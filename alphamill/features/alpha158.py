@@ -10,7 +10,7 @@ its listing span, halted days included.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -274,11 +274,14 @@ def evaluate(
     names: Sequence[str],
     chunk: int | None = None,
     threads: int | None = None,
+    alloc: Callable[[int, tuple[int, int]], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Evaluate Qlib expressions on a dense grid into a float32 DataFrame.
 
     Instruments are independent, so they are evaluated in column chunks of ``chunk``
-    instruments, on ``threads`` workers (default: :func:`default_threads`).
+    instruments, on ``threads`` workers (default: :func:`default_threads`). ``alloc(size,
+    shape)`` may provide the working buffer (``size`` float32s, shared with forked processes,
+    e.g. a file mapping); the result is its first ``shape`` (columns x rows) values.
     """
     if len(expressions) != len(names):
         raise ConfigError(
@@ -297,7 +300,9 @@ def evaluate(
     k = len(roots)
     n_workers = max(1, min(int(threads or default_threads()), len(starts)))
     forked = n_workers > 1 and _can_fork()
-    if forked:  # anonymous shared mapping: forked workers write their chunks into it
+    if alloc is not None:
+        flat = alloc(k * t * n, (k, n_rows))
+    elif forked:  # anonymous shared mapping: forked workers write their chunks into it
         import mmap
 
         flat = np.frombuffer(mmap.mmap(-1, max(1, k * t * n * 4)), dtype=np.float32)[: k * t * n]

@@ -58,8 +58,9 @@ def cache_key(fingerprint: str, label_exprs: list[str], label_names: list[str]) 
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def compute_table(source, label_exprs: list[str], label_names: list[str]) -> pd.DataFrame:
-    """The full feature + label table of a data source (every listed row)."""
+def compute_table(source, label_exprs: list[str], label_names: list[str], alloc: Any = None) -> pd.DataFrame:
+    """The full feature + label table of a data source (every listed row); ``alloc`` as in
+    :func:`alphamill.features.alpha158.evaluate`."""
     panel = source.load("all")
     if panel.empty:
         raise DataError(f"{source.path}: the data has no rows")
@@ -67,15 +68,48 @@ def compute_table(source, label_exprs: list[str], label_names: list[str]) -> pd.
         A.to_dense(panel),
         A.ALPHA158_EXPRESSIONS + list(label_exprs),
         A.ALPHA158_NAMES + list(label_names),
+        alloc=alloc,
     )
 
 
-def _write_entry(table: pd.DataFrame, folder: Path) -> None:
-    folder.mkdir(parents=True)
+class _NpyFileBuffer:
+    """The working buffer of :func:`compute_table` as the mapped ``values.npy`` file itself.
+
+    The file gets the header of the final (columns x rows) block, then room for the larger
+    working buffer; the computation (and its forked helpers) writes straight into the file's
+    pages, and ``finish()`` cuts the file to the final block. Saving the finished table
+    would otherwise copy half a gigabyte once more, at the end of the computation.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.size: int | None = None
+
+    def __call__(self, n: int, shape: tuple[int, int]) -> np.ndarray:
+        import mmap
+
+        with open(self.path, "w+b") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                    "shape": tuple(int(x) for x in shape)})
+            offset = f.tell()
+            f.truncate(offset + max(n, 1) * 4)
+            mm = mmap.mmap(f.fileno(), offset + max(n, 1) * 4)  # shared: helpers' writes land here
+        self.size = offset + int(shape[0]) * int(shape[1]) * 4
+        return np.frombuffer(mm, dtype=np.float32, count=n, offset=offset)
+
+    def finish(self) -> None:
+        if self.size is not None:
+            os.truncate(self.path, self.size)
+
+
+def _write_entry(table: pd.DataFrame, folder: Path, values_written: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=values_written)
     idx = table.index
     assert isinstance(idx, pd.MultiIndex)
-    values = np.ascontiguousarray(table.to_numpy(dtype=np.float32).T)
-    np.save(folder / "values.npy", values, allow_pickle=False)
+    if not values_written:
+        values = np.ascontiguousarray(table.to_numpy(dtype=np.float32).T)
+        np.save(folder / "values.npy", values, allow_pickle=False)
     days = pd.DatetimeIndex(idx.levels[0])
     np.savez(
         folder / "index.npz",
@@ -98,15 +132,30 @@ def _read_entry(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[s
     return values, index, meta["columns"]
 
 
-def ensure_cached(source, label=None, cache_dir=None) -> Path:
-    """Path of the cache entry for ``source`` and ``label``, computing it if needed."""
+def _entry_path(src, label, cache_dir) -> tuple[Path, str, list[str], list[str]]:
     from alphamill.config import get_setting
-    from alphamill.data import open_data
 
-    src = open_data(source)
     exprs, names = A.label_config(label)
     root = Path(get_setting("cache_dir", cache_dir)).expanduser() / "alpha158"
     key = cache_key(src.fingerprint(), exprs, names)
+    return root, key, exprs, names
+
+
+def cached_entry(source, label=None, cache_dir=None) -> Path | None:
+    """Path of the finished cache entry for ``source`` and ``label``, or None."""
+    from alphamill.data import open_data
+
+    root, key, _, _ = _entry_path(open_data(source), label, cache_dir)
+    entry = root / key
+    return entry if (entry / "meta.json").is_file() else None
+
+
+def ensure_cached(source, label=None, cache_dir=None) -> Path:
+    """Path of the cache entry for ``source`` and ``label``, computing it if needed."""
+    from alphamill.data import open_data
+
+    src = open_data(source)
+    root, key, exprs, names = _entry_path(src, label, cache_dir)
     entry = root / key
     if (entry / "meta.json").is_file():
         return entry
@@ -114,10 +163,14 @@ def ensure_cached(source, label=None, cache_dir=None) -> Path:
     with file_lock(root / f"{key}.lock"):
         if (entry / "meta.json").is_file():  # built by another process meanwhile
             return entry
-        table = compute_table(src, exprs, names)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
         try:
-            _write_entry(table, tmp / "entry")
+            (tmp / "entry").mkdir()
+            buffer = _NpyFileBuffer(tmp / "entry" / "values.npy")
+            table = compute_table(src, exprs, names, alloc=buffer)
+            buffer.finish()
+            _write_entry(table, tmp / "entry", values_written=True)
+            del table
             try:
                 os.rename(tmp / "entry", entry)
             except OSError:

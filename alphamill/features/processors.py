@@ -149,10 +149,28 @@ class DropnaProcessor(Processor):
         self.fields_group = fields_group
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        return df.dropna(subset=get_group_columns(df, self.fields_group))
+        cols = get_group_columns(df, self.fields_group)
+        keep = df[cols].notna().all(axis=1).to_numpy()
+        if keep.all():
+            return df.copy(deep=None)  # what dropna returns when nothing is dropped
+        return take_rows(df, keep)
 
     def readonly(self) -> bool:
         return True
+
+
+def take_rows(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The rows of ``df`` where ``keep`` (a boolean array), as a new frame.
+
+    A frame of one dtype (a window of the feature cache) is gathered with one numpy boolean
+    index along its stored layout, which is several times faster than pandas' row take on
+    wide float frames and keeps the column-major layout LightGBM reads without a copy.
+    """
+    if df.shape[1] and df.dtypes.nunique() == 1:
+        values = df.to_numpy()
+        out = values.T[:, keep].T if values.flags.f_contiguous else values[keep]
+        return pd.DataFrame(out, index=df.index[keep], columns=df.columns, copy=False)
+    return df.loc[keep]
 
 
 class DropnaLabel(DropnaProcessor):

@@ -157,3 +157,39 @@ def test_accepts_a_data_source_instance(market, tmp_path):
     src = open_data(market)
     df = cache.load_features(src, end="2010-01-31", cache_dir=tmp_path / "c")
     assert df.index.get_level_values("datetime").max() <= pd.Timestamp("2010-01-31")
+
+
+def test_background_filler_computes_the_entry_once(market, tmp_path):
+    from alphamill.features.warm import CacheFiller
+
+    cdir = tmp_path / "cache"
+    spec = {"data": str(market), "label": None, "cache_dir": str(cdir)}
+    filler = CacheFiller([spec]).start()
+    assert filler.running
+    assert filler.wait() > 0 and not filler.running
+    assert cache.cached_entry(market, cache_dir=cdir) is not None
+    again = CacheFiller([spec]).start()  # already cached: no process at all
+    assert not again.running and again.wait() == 0.0
+
+
+def test_background_filler_raises_the_computation_error(market, tmp_path):
+    from alphamill.errors import DataError
+    from alphamill.features.warm import CacheFiller
+
+    for f in market.glob("*.csv"):
+        f.write_text("date,open\n")  # no rows, no close: the data cannot be computed
+    filler = CacheFiller([{"data": str(market), "cache_dir": str(tmp_path / "cache")}])
+    with pytest.raises(DataError):
+        filler.start().wait()
+
+
+def test_cancelled_filler_leaves_no_entry(market, tmp_path):
+    from alphamill.features.warm import CacheFiller
+
+    cdir = tmp_path / "cache"
+    filler = CacheFiller([{"data": str(market), "cache_dir": str(cdir)}]).start()
+    filler.cancel()
+    assert not filler.running
+    # either it finished before the signal or nothing (not even a temporary folder) remains
+    entries = list((cdir / "alpha158").glob("*")) if (cdir / "alpha158").exists() else []
+    assert all(p.suffix == ".lock" or (p / "meta.json").is_file() for p in entries)

@@ -210,3 +210,24 @@ def test_fitted_state_round_trips_through_json():
     replay = P.transform(reloaded, df.copy())
     pd.testing.assert_frame_equal(learned, replay)
     assert isinstance(P.Processor.from_state(procs[2].to_state()), P.ZScoreNorm)
+
+
+@pytest.mark.parametrize("layout", ["F", "C", "mixed"])
+def test_dropna_label_equals_pandas_dropna(layout):
+    from alphamill.features.processors import DropnaLabel
+
+    rng = np.random.default_rng(3)
+    idx = pd.MultiIndex.from_product([pd.bdate_range("2020-01-01", periods=40), ["A", "B", "C"]],
+                                     names=["datetime", "instrument"])
+    cols = pd.MultiIndex.from_tuples([("feature", f"f{i}") for i in range(5)] + [("label", "LABEL0")])
+    values = rng.standard_normal((len(idx), 6)).astype("float32")
+    values[rng.random(len(idx)) < 0.2, 5] = np.nan
+    values[rng.random(len(idx)) < 0.2, 1] = np.nan  # a NaN feature is kept
+    arr = np.asfortranarray(values) if layout == "F" else np.ascontiguousarray(values)
+    df = pd.DataFrame(arr, index=idx, columns=cols, copy=False)
+    if layout == "mixed":
+        df[("feature", "f0")] = df[("feature", "f0")].astype("float64")
+    out = DropnaLabel()(df)
+    pd.testing.assert_frame_equal(out, df.dropna(subset=[("label", "LABEL0")]))
+    full = df.dropna(subset=[("label", "LABEL0")])
+    pd.testing.assert_frame_equal(DropnaLabel()(full), full)  # nothing to drop
