@@ -47,6 +47,18 @@ def release_memory() -> bool:
     return True
 
 
+def freeze_long_lived() -> None:
+    """Collect garbage once, then exclude every object alive now from later collections.
+
+    Called when a worker process is about to run tasks: what exists then (imported modules,
+    mostly) lives as long as the process, and leaving it out makes each later ``gc.collect``
+    (one per window in :func:`release_memory`) take microseconds instead of a tenth of a
+    second, and keeps a forked worker from copying pages the collector would touch.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def release_file_pages(min_bytes: int = 16 << 20) -> int:
     """Unmap the resident pages of unmodified ``.npy`` file mappings; returns the bytes released.
 

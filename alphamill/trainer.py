@@ -22,9 +22,11 @@ in two experiments is two pool tasks (different content hashes), and a rerun of 
 experiment finds its tasks ``done`` and trains nothing new. Tasks that failed in an
 earlier run are put back to ``waiting`` by a rerun.
 
-Worker processes started by a trainer split the machine's cores between them
-(``ALPHAMILL_NUM_THREADS`` = cores // n_jobs, unless already set), so LightGBM in two
-processes does not oversubscribe the CPU.
+Worker processes started by a trainer share the machine's cores: a worker training a task
+uses cores // (workers training now) LightGBM threads, re-read at every boosting iteration,
+so LightGBM in two processes does not oversubscribe the CPU and the last window takes every
+core once the other workers have run out of tasks (:mod:`alphamill.threads`;
+``ALPHAMILL_NUM_THREADS`` fixes the count instead).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -50,7 +53,6 @@ POOL_TRAIN_FUNC = "alphamill.trainer:pool_train"
 POOL_BEGIN_FUNC = "alphamill.trainer:pool_begin_train"
 #: Where the experiment name travels inside a pool task.
 EXPERIMENT_META_KEY = "experiment_name"
-THREADS_ENV = "ALPHAMILL_NUM_THREADS"
 
 __all__ = [
     "Trainer",
@@ -448,6 +450,7 @@ class TrainerRM(Trainer):
         #: are started (so their start-up overlaps it), or before training in this process. The
         #: experiment runner computes the feature cache there; workers wait on the cache's lock.
         self.prepare_func: Callable[[], Any] | None = None
+        self._reaper: threading.Thread | None = None
 
     # -- plumbing --------------------------------------------------------------------------
     def _manager(self) -> Any:
@@ -528,6 +531,7 @@ class TrainerRM(Trainer):
             self._prepare()
             return self._run_here(tm, query, len(unique), before, after, func)
         procs: list[Any] = []
+        finished = False
         try:
             if not self.skip_run_task:
                 from alphamill.task.worker import check_config
@@ -536,9 +540,24 @@ class TrainerRM(Trainer):
                 check_config(cfg, n)
                 procs = _start_workers(cfg, n)
                 self._prepare()
-            return _wait(tm, query, len(unique), self.poll_interval, self.progress, self.timeout, procs, after)
+            stat = _wait(tm, query, len(unique), self.poll_interval, self.progress, self.timeout, procs, after,
+                         on_all_claimed=_warm_recorder_store)
+            finished = True
+            return stat
         finally:
-            _stop_workers(procs)
+            if finished and procs:
+                # the workers leave on their own once the pool is drained; collecting the
+                # results need not wait for their interpreters to shut down
+                self._reaper = threading.Thread(target=_stop_workers, args=(procs,), name="alphamill-reaper")
+                self._reaper.start()
+            else:
+                _stop_workers(procs)
+
+    def join_workers(self) -> None:
+        """Wait until the local worker processes of the last ``train`` have exited."""
+        if self._reaper is not None:
+            self._reaper.join()
+            self._reaper = None
 
     def _prepare(self) -> None:
         if self.prepare_func is not None:
@@ -668,21 +687,18 @@ class DelayTrainerRM(TrainerRM):
 # -- local worker processes -------------------------------------------------------------------
 
 
-def _child(cfg: Any, threads: int | None) -> None:
-    """Worker process entry: share the cores, then the ordinary worker loop."""
-    if threads and not os.environ.get(THREADS_ENV):
-        os.environ[THREADS_ENV] = str(threads)
-    from alphamill.task.worker import _child_main
-
-    _child_main(cfg)
-
-
 def _start_workers(cfg: Any, n: int) -> list[Any]:
-    ctx = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // n)
-    procs = [ctx.Process(target=_child, args=(cfg, threads), name=f"alphamill-trainer-{i}") for i in range(n)]
+    from alphamill import threads
+    from alphamill.task.worker import _child_main, worker_context
+
+    ctx = worker_context()
+    busy = threads.new_counter(ctx)  # the workers share the cores (see alphamill.threads)
+    env = dict(os.environ)
+    procs = [ctx.Process(target=_child_main, args=(cfg, busy, env), name=f"alphamill-trainer-{i}")
+             for i in range(n)]
     for p in procs:
         p.start()
+        p.alphamill_busy = busy  # start() drops its args; the shared counter must outlive the children
     return procs
 
 
@@ -738,24 +754,62 @@ class _PoolProgress:
                         running=stat.get(RUNNING, 0), failed=stat.get(FAILED, 0))
 
 
+#: The poll of the pool while waiting costs at most about 1/POLL_COST_RATIO of the waiting time.
+POLL_COST_RATIO = 20
+MIN_POLL = 0.05
+
+
+def _warm_recorder_store() -> threading.Thread:
+    """Open the experiment store (importing MLflow) in the background, while the last tasks
+    run, so that collecting their recorders does not start with it."""
+    def warm() -> None:
+        with contextlib.suppress(Exception):  # a real problem shows when the recorders are read
+            from alphamill.workflow.recorder import open_client
+
+            open_client()
+
+    t = threading.Thread(target=warm, name="alphamill-warm-store", daemon=True)
+    t.start()
+    return t
+
+
 def _wait(tm: Any, query: dict[str, Any], total: int, poll: float, progress: bool, timeout: float | None,
-          procs: list[Any], target: str, undone: tuple[str, ...] = (WAITING, RUNNING, PART_DONE)) -> dict[str, int]:
-    """Poll the pool until no matching task is undone; show done / running / failed."""
+          procs: list[Any], target: str, undone: tuple[str, ...] = (WAITING, RUNNING, PART_DONE),
+          on_all_claimed: Callable[[], threading.Thread | None] | None = None) -> dict[str, int]:
+    """Poll the pool until no matching task is undone; show done / running / failed.
+
+    The poll is quick (``MIN_POLL``) while counting the tasks is cheap and slows down to
+    ``poll`` as the count gets expensive (large pools), so the end of the last task is seen
+    at once without the poll loading the store. ``on_all_claimed`` is called once, when no
+    task is left waiting (the last ones run); a thread it returns is joined before returning.
+    """
     start = time.monotonic()
     if target == PART_DONE:
         undone = tuple(s for s in undone if s != PART_DONE)
-    with _PoolProgress(total, progress, target) as display:
-        while True:
-            stat = tm.task_stat(query)
-            display.update(stat)
-            if not any(stat.get(s) for s in undone):
-                return stat
-            if procs and not any(p.is_alive() for p in procs) and not stat.get(RUNNING):
-                return stat  # the local workers are gone and nothing is running: report what is left
-            if timeout is not None and time.monotonic() - start > timeout:
-                raise TimeoutError(f"task_pool {tm.task_pool!r}: tasks still undone after {timeout:g} s: {stat}")
-            time.sleep(poll)
-            tm.requeue_expired()
+    warm: threading.Thread | None = None
+    last_requeue = start
+    try:
+        with _PoolProgress(total, progress, target) as display:
+            while True:
+                t0 = time.monotonic()
+                stat = tm.task_stat(query)
+                cost = time.monotonic() - t0
+                display.update(stat)
+                if not any(stat.get(s) for s in undone):
+                    return stat
+                if procs and not any(p.is_alive() for p in procs) and not stat.get(RUNNING):
+                    return stat  # the local workers are gone and nothing is running: report what is left
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise TimeoutError(f"task_pool {tm.task_pool!r}: tasks still undone after {timeout:g} s: {stat}")
+                if on_all_claimed is not None and not any(stat.get(s) for s in (WAITING, PART_DONE) if s in undone):
+                    warm, on_all_claimed = on_all_claimed(), None
+                time.sleep(min(poll, max(MIN_POLL, POLL_COST_RATIO * cost)))
+                if time.monotonic() - last_requeue >= poll:
+                    tm.requeue_expired()
+                    last_requeue = time.monotonic()
+    finally:
+        if warm is not None:
+            warm.join()
 
 
 def _failure_message(pool: str, bad: list[dict]) -> str:

@@ -14,7 +14,8 @@ wall time includes computing Alpha158 once. Reported per configuration:
 
 * ``wall_seconds``: from the start of ``run_experiment`` to the collected results (the
   interpreter's start-up is not included; the workers' is);
-* ``features_seconds``: Alpha158 computed once into the cache while the workers start up;
+* ``features_seconds``: Alpha158 computed once into the cache, in a process of its own, while
+  the tasks are checked and stored and the workers start up;
 * ``prepare_seconds``: summed over windows, building each window's dataset from the cache
   (read, slice, processors);
 * ``lgb_seconds``: summed over windows, the time in LightGBM (``LGBModel.fit_seconds``:
@@ -22,12 +23,15 @@ wall time includes computing Alpha158 once. Reported per configuration:
   ``lightgbm.train``);
 * ``records_seconds``: summed over windows, SignalRecord + SigAnaRecord + PortAnaRecord;
 * ``collect_seconds``: collection, merge, IC tables and the merged backtest;
-* ``outside_lgb_share`` = 1 - (lgb_seconds / workers) / wall_seconds: the share of the wall
-  time not spent inside ``lightgbm.train`` (for 2 workers the LightGBM time is divided by 2,
-  as it runs in both processes at once);
+* ``lgb_core_seconds``: the same, in seconds x threads (a worker's LightGBM threads change
+  while it trains when the other worker runs out of tasks, see ``alphamill.threads``);
+* ``outside_lgb_share`` = 1 - lgb_core_seconds / (wall_seconds x cores): the share of the
+  machine's time (wall time x cores) not spent inside LightGBM; with 1 worker on every core
+  that is 1 - lgb_seconds / wall_seconds;
 * ``peak_rss_mb``: the largest resident set of any process of the run, from ``getrusage``;
-  split into the orchestrating process (which computes the features and, with 1 worker,
-  trains in-process) and the largest worker process.
+  split into the orchestrating process (which, with 1 worker, trains in-process), the
+  process computing the features, and the largest worker process (each run logs its
+  process's peak as ``memory.process_peak_rss_mb``).
 
     .venv/bin/python benchmarks/rolling_bench.py               # configurations 1, 1:1 and 2
     .venv/bin/python benchmarks/rolling_bench.py --configs 2   # one configuration
@@ -88,21 +92,29 @@ def one(workers: int, data: str, threads: int | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     from alphamill.workflow.recorder import R
 
-    sums = {"prepare": 0.0, "fit": 0.0, "lgb": 0.0, "records": 0.0}
+    sums = {"prepare": 0.0, "fit": 0.0, "lgb": 0.0, "lgb_core": 0.0, "records": 0.0}
+    worker_peak = 0.0
     for run_id in results.run_ids.values():
         m = R.get_recorder(recorder_id=run_id).list_metrics()
         sums["prepare"] += m.get("timing.prepare_seconds", 0.0)
         sums["fit"] += m.get("timing.fit_seconds", 0.0)
         sums["lgb"] += m.get("timing.model_fit_seconds", 0.0)
+        sums["lgb_core"] += m.get("timing.model_fit_core_seconds", 0.0)
         sums["records"] += m.get("timing.records_seconds", 0.0)
+        worker_peak = max(worker_peak, m.get("memory.process_peak_rss_mb", 0.0))
     summary = results.summary
     head = summary.loc[results.headline]
-    parent = _rss_mb(resource.getrusage(resource.RUSAGE_SELF))
-    children = _rss_mb(resource.getrusage(resource.RUSAGE_CHILDREN))
+    self_usage = resource.getrusage(resource.RUSAGE_SELF)
+    child_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # the workers are forked by a fork server, not by this process, so their peaks come from
+    # their runs (each logs its process's peak); the feature process is a direct child
+    parent, children = _rss_mb(self_usage), _rss_mb(child_usage)
+    cores = os.cpu_count() or 1
     return {
         "config": f"{workers}" if threads is None else f"{workers}:{threads}",
         "workers": workers,
-        "lgb_threads_per_worker": threads or max(1, (os.cpu_count() or 1) // workers),
+        # W workers share the cores: cores // (workers training now), re-read while training
+        "lgb_threads_per_worker": threads or (os.cpu_count() or 1 if workers == 1 else "shared"),
         "windows": len(results.preds),
         "wall_seconds": round(wall, 2),
         "features_seconds": round(timings.get("features_seconds", 0.0), 2),
@@ -110,12 +122,14 @@ def one(workers: int, data: str, threads: int | None = None) -> dict[str, Any]:
         "prepare_seconds": round(sums["prepare"], 2),
         "fit_seconds": round(sums["fit"], 2),
         "lgb_seconds": round(sums["lgb"], 2),
+        "lgb_core_seconds": round(sums["lgb_core"], 2),
         "records_seconds": round(sums["records"], 2),
         "collect_seconds": round(timings.get("collect_seconds", 0.0), 2),
-        "outside_lgb_share": round(1 - (sums["lgb"] / workers) / wall, 3),
-        "peak_rss_mb": round(max(parent, children), 1),
+        "outside_lgb_share": round(1 - sums["lgb_core"] / (wall * cores), 3),
+        "peak_rss_mb": round(max(parent, children, worker_peak), 1),
         "peak_rss_orchestrator_mb": round(parent, 1),
-        "peak_rss_worker_mb": round(children, 1) if workers > 1 else None,
+        "peak_rss_features_process_mb": round(children, 1),
+        "peak_rss_worker_mb": round(worker_peak, 1) if workers > 1 else None,
         "merged": {k: float(head[k]) for k in ("IC", "ICIR", "Rank IC", "Rank ICIR")},
         "per_window_rank_ic": [round(float(x), 4) for x in results.windows["Rank IC"]],
     }
@@ -165,8 +179,8 @@ def main() -> None:
     for config in args.configs:
         print(f"running configuration {config} (workers[:threads]) ...", file=sys.stderr)
         runs.append(run_config(config, data))
-    cols = ["config", "lgb_threads_per_worker", "wall_seconds", "features_seconds", "prepare_seconds", "lgb_seconds", "records_seconds",
-            "collect_seconds", "outside_lgb_share", "peak_rss_mb"]
+    cols = ["config", "lgb_threads_per_worker", "wall_seconds", "features_seconds", "prepare_seconds", "lgb_seconds",
+            "lgb_core_seconds", "records_seconds", "collect_seconds", "outside_lgb_share", "peak_rss_mb"]
     print(" | ".join(f"{c:>16}" for c in cols))
     for r in runs:
         print(" | ".join(f"{r[c]:>16}" for c in cols))

@@ -39,6 +39,8 @@ class Model:
         self.fitted = False
         self.feature_names: list[str] = []
         self.fit_seconds: float = 0.0
+        #: seconds x threads inside the library's fit (parallel workers' share of the cores)
+        self.fit_core_seconds: float = 0.0
 
     # -- the Qlib interface -------------------------------------------------------------------
     def fit(self, dataset: Any, **kwargs: Any) -> Model:

@@ -13,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from alphamill import threads
 from alphamill.errors import ConfigError
 from alphamill.memory import release_file_pages, release_memory
 from alphamill.model.base import (
@@ -29,8 +30,8 @@ LOSSES = ("mse", "binary")
 #: start of every fit. Column-wise is the faster one for Alpha158-sized panels (few hundred
 #: features, hundreds of thousands of rows) and gives the same trees.
 _LAYOUT_PARAMS = ("force_col_wise", "force_row_wise")
-#: Worker processes set this to split the machine's cores between them.
-THREADS_ENV = "ALPHAMILL_NUM_THREADS"
+#: A fixed number of LightGBM threads for every model of the process (see alphamill.threads).
+THREADS_ENV = threads.THREADS_ENV
 
 
 def _lgb_param_names() -> dict[str, str]:
@@ -141,16 +142,29 @@ class LGBModel(Model):
             **self.lgb_params,
         }
 
-    def _threads(self) -> dict[str, Any]:
+    def _dynamic_threads(self) -> bool:
+        """Whether this fit follows the local workers' shared core budget while it runs."""
+        return self.num_threads is None and threads.shared()
+
+    def _threads(self, fitting: bool = False) -> dict[str, Any]:
+        """``num_threads`` for LightGBM: the kwarg, else the fixed or shared count. A fit that
+        follows the shared budget asks for every core and is held to its share by the cap."""
         n = self.num_threads
-        if n is None and os.environ.get(THREADS_ENV):
-            n = int(os.environ[THREADS_ENV])
+        if n is None:
+            n = threads.cores() if fitting and self._dynamic_threads() else threads.current()
         return {} if n is None else {"num_threads": n}
+
+    def _thread_cap(self) -> threads.ThreadCap:
+        import ctypes
+
+        from lightgbm.basic import _LIB
+
+        return threads.ThreadCap(lambda n: _LIB.LGBM_SetMaxThreads(ctypes.c_int(n)), time.perf_counter)
 
     def _train_params(self) -> dict[str, Any]:
         """The parameters of ``lightgbm.train`` and of its Datasets (the same dict, so a Dataset
         built before training is not rebuilt)."""
-        params = {**self.params, **self._threads()}
+        params = {**self.params, **self._threads(fitting=True)}
         known = _lgb_param_names()
         if not any(known.get(name) in _LAYOUT_PARAMS for name in params):
             params["force_col_wise"] = True
@@ -202,37 +216,51 @@ class LGBModel(Model):
         # LightGBM bins and trains (any page still needed is mapped again from the file)
         release_file_pages()
         params = self._train_params()
+        cap = self._thread_cap() if self._dynamic_threads() else None
         # the Datasets are built (binned) here, one at a time, and each frame is released as
         # soon as LightGBM holds its bins, so the float32 frames and LightGBM's binning sample
         # are never all in memory at once; the building counts as LightGBM time
         t0 = time.perf_counter()
-        dtrain = self._lgb_dataset(train_df, params)
-        del train_df
-        valid_sets, valid_names = [], []
-        if valid_df is not None and not valid_df.empty:
-            valid_sets.append(self._lgb_dataset(valid_df, params, reference=dtrain))
-            valid_names.append("valid")
-        del valid_df
-        release_memory()
-        result: dict[str, Any] = {}
-        callbacks = [lgb.record_evaluation(result)]
-        if valid_sets:
-            callbacks.append(
-                lgb.early_stopping(
-                    early_stopping_rounds or self.early_stopping_rounds, verbose=False
+        if cap is not None:
+            cap.start()
+        try:
+            dtrain = self._lgb_dataset(train_df, params)
+            del train_df
+            valid_sets, valid_names = [], []
+            if valid_df is not None and not valid_df.empty:
+                valid_sets.append(self._lgb_dataset(valid_df, params, reference=dtrain))
+                valid_names.append("valid")
+            del valid_df
+            release_memory()
+            result: dict[str, Any] = {}
+            callbacks: list[Any] = [lgb.record_evaluation(result)]
+            if cap is not None:  # this process's share of the cores, re-read every iteration
+                callbacks.append(cap)
+            if valid_sets:
+                callbacks.append(
+                    lgb.early_stopping(
+                        early_stopping_rounds or self.early_stopping_rounds, verbose=False
+                    )
                 )
+            if verbose_eval:
+                callbacks.append(lgb.log_evaluation(period=verbose_eval))
+            self.model = lgb.train(
+                params,
+                dtrain,
+                num_boost_round=num_boost_round or self.num_boost_round,
+                valid_sets=valid_sets,
+                valid_names=valid_names,
+                callbacks=callbacks,
             )
-        if verbose_eval:
-            callbacks.append(lgb.log_evaluation(period=verbose_eval))
-        self.model = lgb.train(
-            params,
-            dtrain,
-            num_boost_round=num_boost_round or self.num_boost_round,
-            valid_sets=valid_sets,
-            valid_names=valid_names,
-            callbacks=callbacks,
-        )
+        finally:
+            if cap is not None:
+                cap.stop()
         self.fit_seconds = time.perf_counter() - t0
+        if cap is not None:
+            self.fit_core_seconds = cap.core_seconds
+        else:
+            n = params.get("num_threads") or threads.cores()
+            self.fit_core_seconds = self.fit_seconds * min(int(n), threads.cores())
         del dtrain, valid_sets
         self.best_iteration = int(self.model.best_iteration or self.model.current_iteration())
         self.evals_result = result

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
+from alphamill import threads
 from alphamill.config import redact_url
 from alphamill.errors import ConfigError, LeaseLost, PoolUnavailable
 from alphamill.task.manage import (
@@ -247,15 +248,16 @@ def work(cfg: WorkerConfig, shutdown: _Shutdown | None = None) -> int:
                         _give_back(tm, batch[i:])
                         break
                     started = time.perf_counter()
-                    execute_task(
-                        tm,
-                        task,
-                        func,
-                        cfg.kwargs,
-                        after_status=cfg.after_status,
-                        force_release=cfg.force_release,
-                        guard=shutdown.task,
-                    )
+                    with threads.busy():  # sibling workers' share of the cores shrinks meanwhile
+                        execute_task(
+                            tm,
+                            task,
+                            func,
+                            cfg.kwargs,
+                            after_status=cfg.after_status,
+                            force_release=cfg.force_release,
+                            guard=shutdown.task,
+                        )
                     pacer.record(time.perf_counter() - started)
                     ran += 1
                 backoff = 0.5
@@ -294,8 +296,63 @@ def configure_logging(level: int) -> None:
     )
 
 
-def _child_main(cfg: WorkerConfig) -> None:
-    """Entry point of a spawned worker: the parent forwards signals as SIGTERM."""
+#: What a training worker imports. Local worker processes are forked from one server process
+#: that imported these once (multiprocessing's "forkserver"), so each of N workers does not
+#: spend seconds importing MLflow, LightGBM and pandas again; a module that fails to import
+#: there is simply imported by the worker itself.
+WORKER_PRELOAD = [
+    "alphamill.task.worker",
+    "alphamill.trainer",
+    "alphamill.workflow.task_train",
+    "alphamill.workflow.recorder",
+    "alphamill.workflow.record_temp",
+    "alphamill.dataset",
+    "alphamill.dataset.handler",
+    "alphamill.features.cache",
+    "alphamill.features.processors",
+    "alphamill.model.gbdt",
+    "alphamill.evaluate",
+    "alphamill.backtest",
+    "mlflow.tracking",
+    "mlflow.artifacts",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.db.utils",
+    "mlflow.store.artifact.local_artifact_repo",
+    "alembic.runtime.migration",
+    "alembic.script",
+]
+
+
+def worker_context() -> Any:
+    """The multiprocessing context local workers start from: the preloading fork server
+    where the platform has one, else fresh spawned interpreters."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(WORKER_PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def start_worker_server() -> None:
+    """Start the fork server now, so that its imports overlap what the caller does next."""
+    if worker_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _child_main(cfg: WorkerConfig, busy: Any = None, env: dict[str, str] | None = None) -> None:
+    """Entry point of a worker process: the parent forwards signals as SIGTERM; ``busy`` is
+    the sibling workers' shared core budget (:mod:`alphamill.threads`); ``env`` is the
+    parent's environment (a fork server's own is the one it started with)."""
+    if env is not None and env != os.environ:
+        os.environ.clear()
+        os.environ.update(env)
+    if busy is not None:
+        threads.install(busy)
+    from alphamill.memory import freeze_long_lived
+
+    freeze_long_lived()
     if cfg.log_level is not None:
         configure_logging(cfg.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which forwards it
@@ -357,7 +414,7 @@ def run_worker(
 ) -> int:
     """Run ``jobs`` worker processes on ``task_pool``; return the exit code (0 on success).
 
-    ``jobs=1`` works in this process; more spawn fresh processes (signals forwarded to them).
+    ``jobs=1`` works in this process; more start worker processes (signals forwarded to them).
     ``max_tasks`` is per process. ``until_empty`` exits once nothing is waiting or running.
     ``prefetch`` > 1 claims several tasks per transaction (for tiny tasks); all their leases
     are renewed until each is run or handed back. ``"auto"`` (the default) claims one task at
@@ -385,8 +442,11 @@ def run_worker(
     if jobs == 1:
         work(cfg)
         return 0
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child_main, args=(cfg,), name=f"alphamill-worker-{i}") for i in range(jobs)]
+    ctx = worker_context()
+    busy = threads.new_counter(ctx)  # the workers share the cores (see alphamill.threads)
+    env = dict(os.environ)
+    procs = [ctx.Process(target=_child_main, args=(cfg, busy, env), name=f"alphamill-worker-{i}")
+             for i in range(jobs)]
 
     def forward(signum: int, frame: Any) -> None:
         logger.warning("signal %s: asking %d workers to stop", signum, len(procs))

@@ -519,30 +519,26 @@ def validate_data(tasks: Sequence[dict[str, Any]]) -> None:
                 )
 
 
-def warm_feature_cache(tasks: Sequence[dict[str, Any]]) -> float:
-    """Compute each distinct handler's features once, before the workers start, so the
-    workers read them from the cache instead of all computing them at once. Returns seconds."""
-    t0 = time.perf_counter()
-    from alphamill.data import open_data
-    from alphamill.features.cache import ensure_cached
-
-    done: set[str] = set()
+def feature_specs(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct feature-cache entries (data, label, cache_dir) the tasks' Alpha158
+    handlers read."""
+    specs: dict[str, dict[str, Any]] = {}
     for task in tasks:
         handler = task["dataset"].get("kwargs", {}).get("handler")
         if not isinstance(handler, dict) or str(handler.get("class", "")).rsplit(".", 1)[-1] != "Alpha158":
             continue
         hk = handler.get("kwargs") or {}
-        key = repr((hk.get("data"), hk.get("label"), hk.get("cache_dir")))
-        if key in done:
-            continue
-        done.add(key)
-        ensure_cached(open_data(hk.get("data")), label=hk.get("label"), cache_dir=hk.get("cache_dir"))
-    # computing the features leaves a large freed heap behind; with one worker this process
-    # trains next, so hand it back rather than carry it through every window
-    from alphamill.memory import release_memory
+        spec = {"data": hk.get("data"), "label": hk.get("label"), "cache_dir": hk.get("cache_dir")}
+        specs.setdefault(repr(sorted(spec.items())), spec)
+    return list(specs.values())
 
-    release_memory()
-    return time.perf_counter() - t0
+
+def warm_feature_cache(tasks: Sequence[dict[str, Any]]) -> float:
+    """Compute each distinct handler's features once, in this process, so that workers read
+    them from the cache instead of all computing them at once. Returns seconds."""
+    from alphamill.features.warm import fill
+
+    return fill(feature_specs(tasks))
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -571,35 +567,59 @@ def run_experiment(
         say(f"note: {note}")
     t0 = time.perf_counter()
     tasks = build_tasks(cfg)
-    validate_tasks(tasks)
     validate_data(tasks)
-    timings["generate_seconds"] = time.perf_counter() - t0
-    say(f"generated {len(tasks)} tasks from {cfg.source} "
-        f"({', '.join(n for n, _ in cfg.generators) or 'no generators'})")
-    trainer = TrainerRM(cfg.experiment, cfg.pool_name, n_jobs=cfg.workers, url=cfg.pool_url,
-                        skip_run_task=cfg.workers == 0, progress=progress)
-    tasks = trainer.prepare_tasks(tasks)
-    with trainer._manager() as tm:
-        say(f"pool {cfg.pool_name} in {redact_url(tm.url)}")
-        if fresh:
-            n = tm.remove({"meta.experiment_name": cfg.experiment})
-            if n:
-                say(f"removed {n} earlier tasks of experiment {cfg.experiment} (--fresh)")
-        stat = tm.task_stat({"meta.experiment_name": cfg.experiment})
-    def prepare() -> None:
-        say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
-        timings["features_seconds"] = warm_feature_cache(tasks)
-        say(f"features ready in {timings['features_seconds']:.1f} s")
+    # Alpha158 is computed in the background from here on: the rest of the checks, storing
+    # the tasks and starting the workers overlap it (they wait for it on the cache's lock)
+    from alphamill.features.warm import CacheFiller
 
-    if stat.get("done") != len(tasks):
-        trainer.prepare_func = prepare  # runs while the worker processes start up
+    filler = CacheFiller(feature_specs(tasks)).start()
+    if cfg.workers > 1:  # so is the workers' fork server, which imports what they need
+        from alphamill.task.worker import start_worker_server
+
+        start_worker_server()
+    try:
+        validate_tasks(tasks)
+        timings["generate_seconds"] = time.perf_counter() - t0
+        say(f"generated {len(tasks)} tasks from {cfg.source} "
+            f"({', '.join(n for n, _ in cfg.generators) or 'no generators'})")
+        trainer = TrainerRM(cfg.experiment, cfg.pool_name, n_jobs=cfg.workers, url=cfg.pool_url,
+                            skip_run_task=cfg.workers == 0, progress=progress)
+        tasks = trainer.prepare_tasks(tasks)
+        with trainer._manager() as tm:
+            say(f"pool {cfg.pool_name} in {redact_url(tm.url)}")
+            if fresh:
+                n = tm.remove({"meta.experiment_name": cfg.experiment})
+                if n:
+                    say(f"removed {n} earlier tasks of experiment {cfg.experiment} (--fresh)")
+            if tm.task_stat({"meta.experiment_name": cfg.experiment}).get("done") == len(tasks):
+                filler.cancel()  # a rerun with every task done needs no features
+    except BaseException:
+        filler.cancel()
+        raise
+    if filler.running:
+        say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
+
+    def prepare() -> None:
+        from alphamill.workflow.recorder import R
+
+        # the experiment store (its schema, on first use) and the experiment are made here,
+        # meanwhile, so that no worker's first run waits for another worker to make them
+        R.get_exp(experiment_name=cfg.experiment, create=True)
+        timings["features_seconds"] = filler.wait()
+        if timings["features_seconds"]:
+            say(f"features ready in {timings['features_seconds']:.1f} s")
+
+    trainer.prepare_func = prepare  # runs once the worker processes are started
     t0 = time.perf_counter()
     if cfg.workers:
         say(f"training with {cfg.workers} worker process{'es' if cfg.workers > 1 else ''}")
     else:
         say(f"waiting for external workers: alphamill worker -t {cfg.pool_name}"
             + (f" --url {redact_url(cfg.pool_url)}" if cfg.pool_url else ""))
-    recorders = trainer.train(tasks)
+    try:
+        recorders = trainer.train(tasks)
+    finally:
+        filler.cancel()  # only still running when no task needed it here (external workers)
     timings["train_seconds"] = time.perf_counter() - t0
     st = trainer.last_stats
     say(f"tasks: {st.get('tasks')} given, {st.get('new')} new in the pool, {st.get('trained')} trained now")
@@ -613,6 +633,7 @@ def run_experiment(
     )
     results.compute()
     timings["collect_seconds"] = time.perf_counter() - t0
+    trainer.join_workers()  # they exit on their own once drained; collection did not wait for them
     return results
 
 

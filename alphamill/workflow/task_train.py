@@ -20,6 +20,7 @@ import json
 import platform
 import re
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -49,6 +50,16 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def process_peak_rss_mb() -> float:
+    """The largest resident set of this process so far, in MiB (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0.0
+    scale = 1.0 if sys.platform == "darwin" else 1024.0  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def flatten_dict(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -176,6 +187,7 @@ def _exe_task(task_config: Mapping[str, Any]) -> None:
             "timing.prepare_seconds": prepare_seconds,
             "timing.fit_seconds": fit_wall,
             "timing.model_fit_seconds": float(getattr(model, "fit_seconds", 0.0)),
+            "timing.model_fit_core_seconds": float(getattr(model, "fit_core_seconds", 0.0)),
         }
     )
     resolved = fill_placeholder(resolved, {"<MODEL>": model, "<DATASET>": dataset})
@@ -192,7 +204,8 @@ def _exe_task(task_config: Mapping[str, Any]) -> None:
             recorder=rec,
         )
         r.generate()
-    R.log_metrics(**{"timing.records_seconds": time.perf_counter() - t0})
+    R.log_metrics(**{"timing.records_seconds": time.perf_counter() - t0,
+                     "memory.process_peak_rss_mb": process_peak_rss_mb()})
 
 
 def task_train(

@@ -88,3 +88,12 @@ def create_same(url, pool, n, barrier, out_path):
         ids = tm.create_task(defs)
     with open(out_path, "w") as f:
         f.write("\n".join(ids))
+
+
+def env_and_share(task_def, **kwargs):
+    """What a worker process sees: the environment variable the task names, and its share of
+    the cores while it runs the task."""
+    from alphamill import threads
+
+    return {"value": os.environ.get(task_def["var"]), "threads": threads.current(),
+            "shared": threads.shared(), "pid": os.getpid()}

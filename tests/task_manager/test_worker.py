@@ -205,3 +205,19 @@ def test_auto_prefetch_in_the_worker(mem_url, pool, monkeypatch):
     limits.clear()
     run_worker(pool, mem_url, func=NOOP, until_empty=True, prefetch=1)
     assert set(limits) <= {1}
+
+
+def test_worker_processes_see_the_callers_environment_and_share_the_cores(pool, tmp_path, monkeypatch):
+    from alphamill.task.worker import start_worker_server
+
+    url = f"sqlite:///{tmp_path}/pool.db"
+    start_worker_server()  # the fork server starts with the environment of this moment ...
+    monkeypatch.setenv("AM_TEST_MARK", os.urandom(4).hex())  # ... which then changes
+    monkeypatch.delenv("ALPHAMILL_NUM_THREADS", raising=False)
+    make(url, pool, [{"n": i, "var": "AM_TEST_MARK"} for i in range(4)])
+    assert run_worker(pool, url, func="tests.task_manager.funcs:env_and_share", jobs=2, until_empty=True) == 0
+    with TaskManager(pool, url) as tm:
+        res = [t["res"] for t in tm.query({"status": "done"})]
+    assert len(res) == 4
+    assert {r["value"] for r in res} == {os.environ["AM_TEST_MARK"]}
+    assert all(r["shared"] and 1 <= r["threads"] <= (os.cpu_count() or 1) for r in res)
