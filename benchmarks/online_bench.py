@@ -23,9 +23,10 @@ comparable on a shared machine); both share one fresh alphamill home whose featu
 
 Writes ``benchmarks/results/online_bench.json``.
 
-Measured on the shared 2-core machine (load ~4), one LightGBM thread: full market with
-``--rounds 100`` (6 windows, 2016-2020): offline 268.9 s, online 281.3 s (training 270.2,
-prediction updates 4.2, the rest 6.9), ratio 1.05, identical merged predictions.
+Measured on the quiet 2-core machine, ``--threads 2``, full market and full model (6 windows,
+2016-2020, num_boost_round 1000): offline 81.5 s, online 86.5 s (training 81.6, prediction
+updates 1.8, the rest 3.1), ratio 1.06, identical merged predictions. Earlier, on the shared
+machine (load ~4), one thread, ``--rounds 100``: offline 268.9 s, online 281.3 s, ratio 1.05.
 ``--small``: offline 3.4 s, online 5.4 s (ratio 1.6: on seconds-long runs the fixed costs of
 the state, the per-boundary routine and the signals dominate).
 """
