@@ -122,15 +122,16 @@ def test_four_processes_never_double_claim(pg, pg_schema, pool):
 
 
 def test_connections_terminated_mid_run_reconnect_and_finish(pg, pg_schema, pool):
-    n_tasks = 300
+    n_tasks = 2000  # enough work (about a second) that the killer finds sessions to end
     ids = [r.id for r in pg.insert_tasks(pool, [NewTask({"i": i}, f"h{i}") for i in range(n_tasks)])]
     killed: list[int] = []
 
     def killer() -> None:
-        # Kill the workers' sessions a few times while they drain the pool.
+        # Kill the workers' sessions a few times while they drain the pool (rounds that found
+        # no session yet, while the spawned workers still start up, do not count).
         deadline = time.monotonic() + 60
-        while len(killed) < 4 and time.monotonic() < deadline:
-            time.sleep(0.4)
+        while sum(1 for k in killed if k) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
             if pg.count_tasks(pool, parse_query({"status": DONE})).get(DONE, 0) >= n_tasks:
                 break
             killed.append(_terminate(pg_schema))
