@@ -47,7 +47,7 @@ __all__ = [
     "build_tasks",
     "validate_tasks",
     "run_experiment",
-    "warm_feature_cache",
+    "feature_specs",
     "flagship_config",
     "FLAGSHIP_LGB",
     "SMALL_MARKET",
@@ -531,14 +531,6 @@ def feature_specs(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         spec = {"data": hk.get("data"), "label": hk.get("label"), "cache_dir": hk.get("cache_dir")}
         specs.setdefault(repr(sorted(spec.items())), spec)
     return list(specs.values())
-
-
-def warm_feature_cache(tasks: Sequence[dict[str, Any]]) -> float:
-    """Compute each distinct handler's features once, in this process, so that workers read
-    them from the cache instead of all computing them at once. Returns seconds."""
-    from alphamill.features.warm import fill
-
-    return fill(feature_specs(tasks))
 
 
 # -- the run ----------------------------------------------------------------------------------
