@@ -164,11 +164,21 @@ def take_rows(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
 
     A frame of one dtype (a window of the feature cache) is gathered with one numpy boolean
     index along its stored layout, which is several times faster than pandas' row take on
-    wide float frames and keeps the column-major layout LightGBM reads without a copy.
+    wide float frames. Columns stored contiguously (the cache's layout, also for a window of
+    rows, which is not F-contiguous as a whole) are gathered column by column into a
+    column-major result, which LightGBM reads without a copy.
     """
     if df.shape[1] and df.dtypes.nunique() == 1:
         values = df.to_numpy()
-        out = values.T[:, keep].T if values.flags.f_contiguous else values[keep]
+        if values.ndim == 2 and 0 < values.strides[0] <= values.strides[1]:
+            # one 1-D gather per column: numpy's 2-D boolean index would lay the result out
+            # row by row, whatever the source's layout
+            cols = np.empty((values.shape[1], int(keep.sum())), dtype=values.dtype)
+            for j in range(values.shape[1]):
+                np.compress(keep, values[:, j], out=cols[j])
+            out = cols.T
+        else:
+            out = values[keep]
         return pd.DataFrame(out, index=df.index[keep], columns=df.columns, copy=False)
     return df.loc[keep]
 

@@ -212,7 +212,7 @@ def test_fitted_state_round_trips_through_json():
     assert isinstance(P.Processor.from_state(procs[2].to_state()), P.ZScoreNorm)
 
 
-@pytest.mark.parametrize("layout", ["F", "C", "mixed"])
+@pytest.mark.parametrize("layout", ["F", "C", "mixed", "window"])
 def test_dropna_label_equals_pandas_dropna(layout):
     from alphamill.features.processors import DropnaLabel
 
@@ -223,11 +223,33 @@ def test_dropna_label_equals_pandas_dropna(layout):
     values = rng.standard_normal((len(idx), 6)).astype("float32")
     values[rng.random(len(idx)) < 0.2, 5] = np.nan
     values[rng.random(len(idx)) < 0.2, 1] = np.nan  # a NaN feature is kept
-    arr = np.asfortranarray(values) if layout == "F" else np.ascontiguousarray(values)
+    arr = np.asfortranarray(values) if layout in ("F", "window") else np.ascontiguousarray(values)
     df = pd.DataFrame(arr, index=idx, columns=cols, copy=False)
+    if layout == "window":  # rows of a column-major block, as a window of the feature cache
+        df = df.iloc[9:99]
+        assert not df.to_numpy().flags.f_contiguous
     if layout == "mixed":
         df[("feature", "f0")] = df[("feature", "f0")].astype("float64")
     out = DropnaLabel()(df)
     pd.testing.assert_frame_equal(out, df.dropna(subset=[("label", "LABEL0")]))
     full = df.dropna(subset=[("label", "LABEL0")])
     pd.testing.assert_frame_equal(DropnaLabel()(full), full)  # nothing to drop
+
+
+def test_dropna_label_gathers_a_cache_window_column_by_column():
+    """A window of the column-major feature cache comes out column-major, so the features
+    LightGBM receives are one F-contiguous block it reads without a copy."""
+    from alphamill.features.processors import CSZScoreNorm, DropnaLabel
+    from alphamill.model.base import split_xy
+
+    idx = pd.MultiIndex.from_product([pd.bdate_range("2020-01-01", periods=60), list("ABCD")],
+                                     names=["datetime", "instrument"])
+    cols = pd.MultiIndex.from_tuples([("feature", f"f{i}") for i in range(7)] + [("label", "LABEL0")])
+    values = np.random.default_rng(5).standard_normal((len(idx), 8)).astype("float32")
+    values[::7, 7] = np.nan
+    window = pd.DataFrame(np.asfortranarray(values), index=idx, columns=cols, copy=False).iloc[20:200]
+    out = CSZScoreNorm(fields_group="label")(DropnaLabel()(window))
+    x, _ = split_xy(out)
+    features = x.to_numpy()
+    assert features.dtype == np.float32 and features.flags.f_contiguous
+    np.testing.assert_array_equal(features, window.dropna(subset=[("label", "LABEL0")])["feature"].to_numpy())
