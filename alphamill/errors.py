@@ -20,7 +20,11 @@ class ConfigError(AlphamillError, ValueError):
 
     def __init__(self, message: str, path: str | None = None):
         self.path = path
+        self.message = message
         super().__init__(f"{path}: {message}" if path else message)
+
+    def __reduce__(self) -> tuple:  # pickled from a worker process with its path
+        return type(self), (self.message, self.path), self.__dict__
 
 
 class CanonicalError(ConfigError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -29,6 +28,11 @@ from typing import Any
 from alphamill import threads
 from alphamill.config import redact_url
 from alphamill.errors import ConfigError, LeaseLost, PoolUnavailable
+from alphamill.task.forkserver import (  # noqa: F401 - start_worker_server is re-exported
+    adopt_parent_state,
+    start_worker_server,
+    worker_context,
+)
 from alphamill.task.manage import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_RETRY_BACKOFF,
@@ -296,58 +300,13 @@ def configure_logging(level: int) -> None:
     )
 
 
-#: What a training worker imports. Local worker processes are forked from one server process
-#: that imported these once (multiprocessing's "forkserver"), so each of N workers does not
-#: spend seconds importing MLflow, LightGBM and pandas again; a module that fails to import
-#: there is simply imported by the worker itself.
-WORKER_PRELOAD = [
-    "alphamill.task.worker",
-    "alphamill.trainer",
-    "alphamill.workflow.task_train",
-    "alphamill.workflow.recorder",
-    "alphamill.workflow.record_temp",
-    "alphamill.dataset",
-    "alphamill.dataset.handler",
-    "alphamill.features.cache",
-    "alphamill.features.processors",
-    "alphamill.model.gbdt",
-    "alphamill.evaluate",
-    "alphamill.backtest",
-    "mlflow.tracking",
-    "mlflow.artifacts",
-    "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.db.utils",
-    "mlflow.store.artifact.local_artifact_repo",
-    "alembic.runtime.migration",
-    "alembic.script",
-]
-
-
-def worker_context() -> Any:
-    """The multiprocessing context local workers start from: the preloading fork server
-    where the platform has one, else fresh spawned interpreters."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(WORKER_PRELOAD)
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def start_worker_server() -> None:
-    """Start the fork server now, so that its imports overlap what the caller does next."""
-    if worker_context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
-def _child_main(cfg: WorkerConfig, busy: Any = None, env: dict[str, str] | None = None) -> None:
+def _child_main(cfg: WorkerConfig, busy: Any = None, env: dict[str, str] | None = None,
+                cwd: str | None = None, path: list[str] | None = None) -> None:
     """Entry point of a worker process: the parent forwards signals as SIGTERM; ``busy`` is
-    the sibling workers' shared core budget (:mod:`alphamill.threads`); ``env`` is the
-    parent's environment (a fork server's own is the one it started with)."""
-    if env is not None and env != os.environ:
-        os.environ.clear()
-        os.environ.update(env)
+    the sibling workers' shared core budget (:mod:`alphamill.threads`); ``env``, ``cwd`` and
+    ``path`` are the parent's environment, directory and ``sys.path`` (a fork server keeps
+    those it started with)."""
+    adopt_parent_state(env, cwd, path)
     if busy is not None:
         threads.install(busy)
     from alphamill.memory import freeze_long_lived
@@ -444,8 +403,8 @@ def run_worker(
         return 0
     ctx = worker_context()
     busy = threads.new_counter(ctx)  # the workers share the cores (see alphamill.threads)
-    env = dict(os.environ)
-    procs = [ctx.Process(target=_child_main, args=(cfg, busy, env), name=f"alphamill-worker-{i}")
+    state = (dict(os.environ), os.getcwd(), list(sys.path))
+    procs = [ctx.Process(target=_child_main, args=(cfg, busy, *state), name=f"alphamill-worker-{i}")
              for i in range(jobs)]
 
     def forward(signum: int, frame: Any) -> None:

@@ -97,3 +97,33 @@ def env_and_share(task_def, **kwargs):
 
     return {"value": os.environ.get(task_def["var"]), "threads": threads.current(),
             "shared": threads.shared(), "pid": os.getpid()}
+
+
+def where_am_i(var):
+    """For call_preloaded: the process, an environment variable, the directory, sys.path."""
+    import sys
+
+    return os.getpid(), os.environ.get(var), os.getcwd(), list(sys.path)
+
+
+def raise_config_error():
+    from alphamill.errors import ConfigError
+
+    raise ConfigError("expected a positive number", "task.model.kwargs.lr")
+
+
+def raise_bug():
+    return {}["missing"]
+
+
+class _Unpicklable(Exception):
+    def __init__(self, a, b):  # pickling keeps args=(text,): unpickling calls this with one
+        super().__init__(f"{a} {b}")
+
+
+def raise_unpicklable():
+    raise _Unpicklable("odd", "error")
+
+
+def die():
+    os._exit(3)
