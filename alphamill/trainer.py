@@ -37,6 +37,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -517,8 +518,11 @@ class TrainerRM(Trainer):
             logger.warning("%d tasks had failed in an earlier run: put back to waiting", n)
         return ids
 
-    def _run_and_wait(self, tm: Any, ids: list[str], before: str, after: str, func: str) -> dict[str, int]:
-        """Start local workers (unless skip_run_task), wait for every task to leave ``before``."""
+    def _run_and_wait(self, tm: Any, ids: list[str], before: str, after: str, func: str,
+                      warm_store: bool = True) -> dict[str, int]:
+        """Start local workers (unless skip_run_task), wait for every task to leave ``before``;
+        ``warm_store``: open the experiment store while the last tasks run (their recorders
+        are read here next)."""
         unique = sorted(set(ids))
         query = {"_id": {"$in": unique}}
         stat = tm.task_stat(query)
@@ -541,7 +545,7 @@ class TrainerRM(Trainer):
                 procs = _start_workers(cfg, n)
                 self._prepare()
             stat = _wait(tm, query, len(unique), self.poll_interval, self.progress, self.timeout, procs, after,
-                         on_all_claimed=_warm_recorder_store)
+                         on_all_claimed=_warm_recorder_store if warm_store else None)
             finished = True
             return stat
         finally:
@@ -587,12 +591,15 @@ class TrainerRM(Trainer):
             return _wait(tm, query, total, self.poll_interval, self.progress, self.timeout, [], after)
         return tm.task_stat(query)
 
-    def _recorders(self, tm: Any, ids: list[str], accept: tuple[str, ...] = (DONE,)) -> list[Any]:
+    def _refs(self, tm: Any, ids: list[str], accept: tuple[str, ...] = (DONE,)) -> list[dict[str, Any]]:
         by_id = {t["_id"]: t for t in tm.query({"_id": {"$in": sorted(set(ids))}})}
         bad = [t for t in by_id.values() if t["status"] not in accept]
         if bad:
             raise TrainingFailed(_failure_message(self.task_pool, bad))
-        return [_from_ref(by_id[i]["res"]) for i in ids]
+        return [dict(by_id[i]["res"]) for i in ids]
+
+    def _recorders(self, tm: Any, ids: list[str], accept: tuple[str, ...] = (DONE,)) -> list[Any]:
+        return [_from_ref(r) for r in self._refs(tm, ids, accept)]
 
     # -- API -------------------------------------------------------------------------------
     def train(self, tasks: Sequence[dict], train_func: Any = None, experiment_name: str | None = None,
@@ -600,12 +607,24 @@ class TrainerRM(Trainer):
         """Store, train (or wait for external workers) and return recorders in task order."""
         if train_func is not None:
             self.train_func = _spec_of(train_func)
+        return [_from_ref(r) for r in self._train(tasks, experiment_name, warm_store=True)]
+
+    def train_refs(self, tasks: Sequence[dict], train_func: Any = None, experiment_name: str | None = None,
+                   warm_store: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+        """As :meth:`train`, returning each recorder's reference (``recorder_ref``: plain
+        data) instead of the recorder, so this process need not open the experiment store
+        (``warm_store``: open it anyway while the last tasks run, to read the runs here)."""
+        if train_func is not None:
+            self.train_func = _spec_of(train_func)
+        return self._train(tasks, experiment_name, warm_store=warm_store)
+
+    def _train(self, tasks: Sequence[dict], experiment_name: str | None, warm_store: bool) -> list[dict[str, Any]]:
         name = self._name(experiment_name)
         tasks = self.prepare_tasks(tasks, name)
         with self._manager() as tm:
             ids = self._create(tm, tasks)
-            self._run_and_wait(tm, ids, WAITING, DONE, POOL_TRAIN_FUNC)
-            return self._recorders(tm, ids)
+            self._run_and_wait(tm, ids, WAITING, DONE, POOL_TRAIN_FUNC, warm_store=warm_store)
+            return self._refs(tm, ids)
 
     def has_worker(self) -> bool:
         return True
@@ -655,6 +674,11 @@ class DelayTrainerRM(TrainerRM):
             self._stage_one_ids = ids
             return self._recorders(tm, ids, accept=(PART_DONE, DONE))
 
+    def train_refs(self, tasks: Sequence[dict], train_func: Any = None, experiment_name: str | None = None,
+                   warm_store: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+        """Stage one, as :meth:`train`, returning the recorders' references."""
+        return [_to_ref(r) for r in self.train(tasks, train_func, experiment_name, **kwargs)]
+
     def end_train(self, models: Sequence[Any] | None = None, experiment_name: str | None = None,
                   **kwargs: Any) -> list[Any]:
         """Stage two for every ``part_done`` task of this experiment; recorders in task order.
@@ -693,8 +717,8 @@ def _start_workers(cfg: Any, n: int) -> list[Any]:
 
     ctx = worker_context()
     busy = threads.new_counter(ctx)  # the workers share the cores (see alphamill.threads)
-    env = dict(os.environ)
-    procs = [ctx.Process(target=_child_main, args=(cfg, busy, env), name=f"alphamill-trainer-{i}")
+    state = (dict(os.environ), os.getcwd(), list(sys.path))
+    procs = [ctx.Process(target=_child_main, args=(cfg, busy, *state), name=f"alphamill-trainer-{i}")
              for i in range(n)]
     for p in procs:
         p.start()

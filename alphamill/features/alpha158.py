@@ -213,7 +213,7 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _can_fork() -> bool:
+def can_fork() -> bool:
     """Fork only from a single-threaded process (a fork copies no other thread, so a
     lock held by one could never be released in the child)."""
     import multiprocessing as mp
@@ -299,7 +299,7 @@ def evaluate(
     n_rows = int(present.sum())
     k = len(roots)
     n_workers = max(1, min(int(threads or default_threads()), len(starts)))
-    forked = n_workers > 1 and _can_fork()
+    forked = n_workers > 1 and can_fork()
     if alloc is not None:
         flat = alloc(k * t * n, (k, n_rows))
     elif forked:  # anonymous shared mapping: forked workers write their chunks into it

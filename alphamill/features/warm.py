@@ -2,10 +2,12 @@
 
 A run's tasks are validated, stored and their workers started while Alpha158 is computed
 for their data; the workers wait on the cache entry's lock and then read the finished entry.
-The computation runs in a spawned (not daemonic) process rather than a thread: it forks
-helpers of its own (forking beside a thread that imports is unsafe, and a daemonic process may
-not have children), it does not hold the parent's GIL while the parent validates, and its
-large transient heap is returned to the system when it exits.
+The computation runs in a child process (not daemonic) rather than a thread: it forks helpers
+of its own (forking beside a thread that imports is unsafe, and a daemonic process may not have
+children), it does not hold the parent's GIL while the parent validates, and its large
+transient heap is returned to the system when it exits. The child is forked when the parent
+is single-threaded (it then starts at once, with the parent's imports and parsed data), else
+spawned.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _child(specs: list[Spec], conn: Any) -> None:
 
 
 class CacheFiller:
-    """Computes the missing entries of ``specs`` in one spawned process.
+    """Computes the missing entries of ``specs`` in one child process.
 
     ``start()`` returns at once; ``wait()`` blocks until the entries exist and returns the
     seconds the computation took (0 when nothing was missing), or raises the error it met;
@@ -75,11 +77,16 @@ class CacheFiller:
         self.specs = [dict(s) for s in specs]
         self._proc: Any = None
         self._conn: Any = None
+        #: How the computing process was started ("fork" or "spawn"; None: nothing to compute).
+        self.start_method: str | None = None
 
     def start(self) -> CacheFiller:
         todo = missing(self.specs)
         if todo:
-            ctx = multiprocessing.get_context("spawn")
+            from alphamill.features.alpha158 import can_fork
+
+            self.start_method = "fork" if can_fork() else "spawn"
+            ctx = multiprocessing.get_context(self.start_method)
             self._conn, child_conn = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(target=_child, args=(todo, child_conn), name="alphamill-features")
             self._proc.start()

@@ -551,13 +551,19 @@ def run_experiment(
     """
     from alphamill.config import redact_url
     from alphamill.trainer import TrainerRM
-    from alphamill.workflow.results import ExperimentResults
 
     say = echo or (lambda s: None)
     timings = timings if timings is not None else {}
     for note in cfg.notes:
         say(f"note: {note}")
     t0 = time.perf_counter()
+    from alphamill.task.forkserver import call_preloaded, server_started, start_worker_server
+
+    if cfg.workers > 1:
+        # the workers' fork server imports what they need meanwhile; the checks of LightGBM's
+        # parameters and the collection run in its children, so this process imports
+        # neither LightGBM nor MLflow
+        start_worker_server()
     tasks = build_tasks(cfg)
     validate_data(tasks)
     # Alpha158 is computed in the background from here on: the rest of the checks, storing
@@ -565,12 +571,8 @@ def run_experiment(
     from alphamill.features.warm import CacheFiller
 
     filler = CacheFiller(feature_specs(tasks)).start()
-    if cfg.workers > 1:  # so is the workers' fork server, which imports what they need
-        from alphamill.task.worker import start_worker_server
-
-        start_worker_server()
     try:
-        validate_tasks(tasks)
+        call_preloaded(validate_tasks, tasks)
         timings["generate_seconds"] = time.perf_counter() - t0
         say(f"generated {len(tasks)} tasks from {cfg.source} "
             f"({', '.join(n for n, _ in cfg.generators) or 'no generators'})")
@@ -592,11 +594,6 @@ def run_experiment(
         say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
 
     def prepare() -> None:
-        from alphamill.workflow.recorder import R
-
-        # the experiment store (its schema, on first use) and the experiment are made here,
-        # meanwhile, so that no worker's first run waits for another worker to make them
-        R.get_exp(experiment_name=cfg.experiment, create=True)
         timings["features_seconds"] = filler.wait()
         if timings["features_seconds"]:
             say(f"features ready in {timings['features_seconds']:.1f} s")
@@ -609,24 +606,33 @@ def run_experiment(
         say(f"waiting for external workers: alphamill worker -t {cfg.pool_name}"
             + (f" --url {redact_url(cfg.pool_url)}" if cfg.pool_url else ""))
     try:
-        recorders = trainer.train(tasks)
+        refs = trainer.train_refs(tasks, warm_store=not server_started())
     finally:
         filler.cancel()  # only still running when no task needed it here (external workers)
     timings["train_seconds"] = time.perf_counter() - t0
     st = trainer.last_stats
     say(f"tasks: {st.get('tasks')} given, {st.get('new')} new in the pool, {st.get('trained')} trained now")
-    say(f"collecting {len(recorders)} runs: merging windows ({cfg.collect['ensemble']}), IC tables"
+    say(f"collecting {len(refs)} runs: merging windows ({cfg.collect['ensemble']}), IC tables"
         + (", backtest of the merged signal" if cfg.collect["backtest"] is not None else "") + " ...")
     t0 = time.perf_counter()
-    results = ExperimentResults.from_recorders(
-        cfg.experiment, recorders, ensemble=cfg.collect["ensemble"], duplicate=cfg.collect["duplicate"],
-        backtest=cfg.collect["backtest"], ic_window=cfg.collect["ic_window"],
-        label_delay=cfg.collect["label_delay"],
-    )
-    results.compute()
+    results = call_preloaded(collect_results, cfg.experiment, refs, cfg.collect)
     timings["collect_seconds"] = time.perf_counter() - t0
     trainer.join_workers()  # they exit on their own once drained; collection did not wait for them
     return results
+
+
+def collect_results(experiment: str, recorders: Sequence[Any], collect: Mapping[str, Any]) -> Any:
+    """The computed :class:`~alphamill.workflow.results.ExperimentResults` of ``recorders``
+    (recorders or their references), collected as the config's ``collect:`` section says."""
+    from alphamill.workflow.recorder import Recorder
+    from alphamill.workflow.results import ExperimentResults
+
+    recs = [Recorder.from_ref(r) if isinstance(r, Mapping) else r for r in recorders]
+    results = ExperimentResults.from_recorders(
+        experiment, recs, ensemble=collect["ensemble"], duplicate=collect["duplicate"],
+        backtest=collect["backtest"], ic_window=collect["ic_window"], label_delay=collect["label_delay"],
+    )
+    return results.compute()
 
 
 # -- the flagship experiment ------------------------------------------------------------------
