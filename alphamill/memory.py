@@ -5,15 +5,24 @@ bins, but glibc keeps much of the freed heap (many arenas, raised mmap threshold
 so the process would carry its largest footprint into training and into every later task.
 Likewise the pages of the memory-mapped feature cache that were read to build a window's
 frames stay mapped (and counted in the process's resident set) after the frames are copies.
+
+The frames themselves are the exception (:func:`reusable_empty`): their memory is kept for the
+next window, because memory handed back and asked for again is not free on every machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
+import mmap
 import sys
+import threading
+import weakref
 from typing import Any
+
+import numpy as np
 
 #: Only mappings of these files (the feature cache's blocks) are released.
 _RELEASABLE_SUFFIXES = (".npy",)
@@ -110,3 +119,65 @@ def _mappings(text: str) -> list[tuple[int, int, str, dict[str, int]]]:
             if value and value[0].isdigit():
                 current[head[:-1]] = int(value[0])
     return out
+
+
+# -- large buffers reused from one window to the next -----------------------------------------
+
+#: Arrays smaller than this come from numpy's allocator as usual.
+POOL_MIN_BYTES = 32 << 20
+#: Buffers are sized in steps of this, so windows of slightly different sizes share them.
+POOL_GRANULE = 16 << 20
+#: At most this many bytes of idle buffers are kept; beyond it a freed buffer is unmapped.
+POOL_KEEP_BYTES = 1 << 30
+
+_pool_lock = threading.Lock()
+_spares: list[mmap.mmap] = []
+
+
+def reusable_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised array whose memory comes back to this process, not to the OS, once
+    the last view of it is gone, and is handed out again by the next call of similar size.
+
+    A window's training frames are hundreds of MB, allocated again for every window. Memory
+    unmapped and mapped again is not free: the kernel zeroes every page, and on virtual
+    machines that give freed pages back to the host (free-page reporting) the first touch of
+    each page costs several microseconds more, which made gathering a window's rows 3-4x
+    slower than the copy itself. At most :data:`POOL_KEEP_BYTES` are kept idle.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < POOL_MIN_BYTES:
+        return np.empty(shape, dtype=dtype)
+    with _pool_lock:
+        fits = [m for m in _spares if len(m) >= nbytes]
+        buf = min(fits, key=len) if fits else None
+        if buf is not None:
+            _spares.remove(buf)
+    if buf is None:
+        buf = mmap.mmap(-1, -(-nbytes // POOL_GRANULE) * POOL_GRANULE)
+    owner = np.frombuffer(buf, dtype=np.uint8, count=nbytes)
+    weakref.finalize(owner, _give_back, buf)
+    return owner.view(dtype).reshape(shape)
+
+
+def _give_back(buf: mmap.mmap) -> None:
+    with _pool_lock:
+        if sum(len(m) for m in _spares) + len(buf) <= POOL_KEEP_BYTES:
+            _spares.append(buf)
+    # else the buffer is dropped here and unmapped when its last reference goes
+
+
+def pooled_bytes() -> int:
+    """Bytes of idle buffers kept for reuse."""
+    with _pool_lock:
+        return sum(len(m) for m in _spares)
+
+
+def drop_pool() -> None:
+    """Unmap the idle buffers (the memory returns to the OS)."""
+    with _pool_lock:
+        spares = list(_spares)
+        _spares.clear()
+    for m in spares:
+        with contextlib.suppress(BufferError):  # still exported by a dying array: unmapped with it
+            m.close()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from alphamill.errors import ConfigError
+from alphamill.memory import reusable_empty
 
 EPS = 1e-12
 
@@ -173,7 +174,7 @@ def take_rows(df: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
         if values.ndim == 2 and 0 < values.strides[0] <= values.strides[1]:
             # one 1-D gather per column: numpy's 2-D boolean index would lay the result out
             # row by row, whatever the source's layout
-            cols = np.empty((values.shape[1], int(keep.sum())), dtype=values.dtype)
+            cols = reusable_empty((values.shape[1], int(keep.sum())), values.dtype)
             for j in range(values.shape[1]):
                 np.compress(keep, values[:, j], out=cols[j])
             out = cols.T
