@@ -594,6 +594,12 @@ def run_experiment(
         say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
 
     def prepare() -> None:
+        if not server_started():
+            # training here: open the experiment store (its schema, on first use) while the
+            # features compute; with worker processes the first worker does that
+            from alphamill.workflow.recorder import R
+
+            R.get_exp(experiment_name=cfg.experiment, create=True)
         timings["features_seconds"] = filler.wait()
         if timings["features_seconds"]:
             say(f"features ready in {timings['features_seconds']:.1f} s")
