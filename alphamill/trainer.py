@@ -519,10 +519,11 @@ class TrainerRM(Trainer):
         return ids
 
     def _run_and_wait(self, tm: Any, ids: list[str], before: str, after: str, func: str,
-                      warm_store: bool = True) -> dict[str, int]:
+                      on_all_claimed: Callable[[], Any] | None = None) -> dict[str, int]:
         """Start local workers (unless skip_run_task), wait for every task to leave ``before``;
-        ``warm_store``: open the experiment store while the last tasks run (their recorders
-        are read here next)."""
+        ``on_all_claimed`` is called once, when the last tasks run (default: open the
+        experiment store meanwhile, since their recorders are read here next)."""
+        on_all_claimed = on_all_claimed or _warm_recorder_store
         unique = sorted(set(ids))
         query = {"_id": {"$in": unique}}
         stat = tm.task_stat(query)
@@ -545,7 +546,7 @@ class TrainerRM(Trainer):
                 procs = _start_workers(cfg, n)
                 self._prepare()
             stat = _wait(tm, query, len(unique), self.poll_interval, self.progress, self.timeout, procs, after,
-                         on_all_claimed=_warm_recorder_store if warm_store else None)
+                         on_all_claimed=on_all_claimed)
             finished = True
             return stat
         finally:
@@ -607,23 +608,25 @@ class TrainerRM(Trainer):
         """Store, train (or wait for external workers) and return recorders in task order."""
         if train_func is not None:
             self.train_func = _spec_of(train_func)
-        return [_from_ref(r) for r in self._train(tasks, experiment_name, warm_store=True)]
+        return [_from_ref(r) for r in self._train(tasks, experiment_name)]
 
     def train_refs(self, tasks: Sequence[dict], train_func: Any = None, experiment_name: str | None = None,
-                   warm_store: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+                   on_all_claimed: Callable[[], Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
         """As :meth:`train`, returning each recorder's reference (``recorder_ref``: plain
-        data) instead of the recorder, so this process need not open the experiment store
-        (``warm_store``: open it anyway while the last tasks run, to read the runs here)."""
+        data) instead of the recorder. ``on_all_claimed`` is called once, when the last tasks
+        run (default: open the experiment store here meanwhile; another callable lets
+        whoever reads the runs start instead)."""
         if train_func is not None:
             self.train_func = _spec_of(train_func)
-        return self._train(tasks, experiment_name, warm_store=warm_store)
+        return self._train(tasks, experiment_name, on_all_claimed)
 
-    def _train(self, tasks: Sequence[dict], experiment_name: str | None, warm_store: bool) -> list[dict[str, Any]]:
+    def _train(self, tasks: Sequence[dict], experiment_name: str | None,
+               on_all_claimed: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
         name = self._name(experiment_name)
         tasks = self.prepare_tasks(tasks, name)
         with self._manager() as tm:
             ids = self._create(tm, tasks)
-            self._run_and_wait(tm, ids, WAITING, DONE, POOL_TRAIN_FUNC, warm_store=warm_store)
+            self._run_and_wait(tm, ids, WAITING, DONE, POOL_TRAIN_FUNC, on_all_claimed)
             return self._refs(tm, ids)
 
     def has_worker(self) -> bool:
@@ -675,7 +678,7 @@ class DelayTrainerRM(TrainerRM):
             return self._recorders(tm, ids, accept=(PART_DONE, DONE))
 
     def train_refs(self, tasks: Sequence[dict], train_func: Any = None, experiment_name: str | None = None,
-                   warm_store: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+                   on_all_claimed: Callable[[], Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
         """Stage one, as :meth:`train`, returning the recorders' references."""
         return [_to_ref(r) for r in self.train(tasks, train_func, experiment_name, **kwargs)]
 

@@ -10,6 +10,7 @@ orchestrator.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -90,8 +91,19 @@ def adopt_parent_state(env: dict[str, str] | None, cwd: str | None = None, path:
         sys.path[:] = path
 
 
-def _call_child(conn: Any, state: tuple, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+def _child(conn: Any, state: tuple, func: Callable[..., Any], warm: Callable[..., Any] | None,
+           warm_args: tuple) -> None:
     adopt_parent_state(*state)
+    if warm is not None:
+        with contextlib.suppress(Exception):  # only a head start: the call meets any real problem
+            warm(*warm_args)
+    try:
+        message = conn.recv()
+    except EOFError:  # cancelled
+        return
+    if message is None:
+        return
+    args, kwargs = message
     try:
         result = func(*args, **kwargs)
     except BaseException as e:  # noqa: BLE001 - every failure goes back to the caller
@@ -106,36 +118,62 @@ def _call_child(conn: Any, state: tuple, func: Callable[..., Any], args: tuple, 
     conn.send(("ok", result, ""))
 
 
+class PreloadedCall:
+    """``func`` called in a child of the worker server that is started before the arguments
+    are known: ``warm(*warm_args)`` runs there at once (opening a store, reading data), and
+    calling this object (once) sends the arguments and returns ``func``'s result. Results
+    and exceptions come back pickled; ``func`` and ``warm`` must be importable. Without a
+    server started by this process, ``func`` simply runs here when called (no ``warm``).
+    """
+
+    def __init__(self, func: Callable[..., T], warm: Callable[..., Any] | None = None, *warm_args: Any):
+        self.func = func
+        self._proc: Any = None
+        self._conn: Any = None
+        if _started:
+            ctx = worker_context()
+            self._conn, child = ctx.Pipe()
+            state = (dict(os.environ), os.getcwd(), list(sys.path))
+            self._proc = ctx.Process(target=_child, args=(child, state, func, warm, warm_args),
+                                     name="alphamill-call")
+            self._proc.start()
+            child.close()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        if self._proc is None:
+            return self.func(*args, **kwargs)
+        name = getattr(self.func, "__qualname__", self.func)
+        try:
+            try:
+                self._conn.send((args, kwargs))
+                kind, value, text = self._conn.recv()
+            except (EOFError, BrokenPipeError):
+                self._proc.join()
+                raise RuntimeError(f"{name} failed: its process exited with code {self._proc.exitcode}") from None
+        finally:
+            self.cancel()
+        if kind == "ok":
+            return value
+        error = pickle.loads(value) if value is not None else None
+        if isinstance(error, BaseException):
+            if not isinstance(error, AlphamillError):  # a bug: keep where it happened
+                error.add_note(f"raised in a worker-server process:\n{text}")
+            raise error
+        raise RuntimeError(f"{name} failed:\n{text}")
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (nothing happens once the call returned)."""
+        if self._proc is None:
+            return
+        self._conn.close()  # a waiting child sees the end of the pipe and leaves at once
+        self._proc.join(1)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join()
+        self._proc = None
+
+
 def call_preloaded(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``func(*args, **kwargs)``, in a child of the worker server if this process started one
     (else here). Its result and exceptions come back pickled; ``func`` must be importable."""
-    if not _started:
-        return func(*args, **kwargs)
-    ctx = worker_context()
-    recv, send = ctx.Pipe(duplex=False)
-    state = (dict(os.environ), os.getcwd(), list(sys.path))
-    proc = ctx.Process(target=_call_child, args=(send, state, func, args, kwargs), name="alphamill-call")
-    proc.start()
-    send.close()
-    try:
-        try:
-            kind, value, text = recv.recv()
-        except EOFError:
-            proc.join()
-            raise RuntimeError(
-                f"{getattr(func, '__qualname__', func)} failed: its process exited with code {proc.exitcode}"
-            ) from None
-        proc.join()
-    finally:
-        recv.close()
-        if proc.is_alive():  # interrupted while waiting
-            proc.terminate()
-            proc.join()
-    if kind == "ok":
-        return value
-    error = pickle.loads(value) if value is not None else None
-    if isinstance(error, BaseException):
-        if not isinstance(error, AlphamillError):  # a bug: keep where it happened
-            error.add_note(f"raised in a worker-server process:\n{text}")
-        raise error
-    raise RuntimeError(f"{getattr(func, '__qualname__', func)} failed:\n{text}")
+    return PreloadedCall(func)(*args, **kwargs)

@@ -557,7 +557,7 @@ def run_experiment(
     for note in cfg.notes:
         say(f"note: {note}")
     t0 = time.perf_counter()
-    from alphamill.task.forkserver import call_preloaded, server_started, start_worker_server
+    from alphamill.task.forkserver import PreloadedCall, server_started, start_worker_server
 
     if cfg.workers > 1:
         # the workers' fork server imports what they need meanwhile; the checks of LightGBM's
@@ -572,7 +572,7 @@ def run_experiment(
 
     filler = CacheFiller(feature_specs(tasks)).start()
     try:
-        call_preloaded(validate_tasks, tasks)
+        PreloadedCall(validate_tasks)(tasks)
         timings["generate_seconds"] = time.perf_counter() - t0
         say(f"generated {len(tasks)} tasks from {cfg.source} "
             f"({', '.join(n for n, _ in cfg.generators) or 'no generators'})")
@@ -611,20 +611,47 @@ def run_experiment(
     else:
         say(f"waiting for external workers: alphamill worker -t {cfg.pool_name}"
             + (f" --url {redact_url(cfg.pool_url)}" if cfg.pool_url else ""))
+    collector: list[PreloadedCall] = []
+
+    def start_collector() -> None:
+        # the last tasks run: the process that will collect them opens the experiment store
+        # and reads the market meanwhile
+        collector.append(PreloadedCall(collect_results, warm_collection, _task_data(tasks)))
+
     try:
-        refs = trainer.train_refs(tasks, warm_store=not server_started())
+        try:
+            refs = trainer.train_refs(tasks, on_all_claimed=start_collector if server_started() else None)
+        finally:
+            filler.cancel()  # only still running when no task needed it here (external workers)
+        timings["train_seconds"] = time.perf_counter() - t0
+        st = trainer.last_stats
+        say(f"tasks: {st.get('tasks')} given, {st.get('new')} new in the pool, {st.get('trained')} trained now")
+        say(f"collecting {len(refs)} runs: merging windows ({cfg.collect['ensemble']}), IC tables"
+            + (", backtest of the merged signal" if cfg.collect["backtest"] is not None else "") + " ...")
+        t0 = time.perf_counter()
+        collect = collector[0] if collector else PreloadedCall(collect_results)
+        results = collect(cfg.experiment, refs, cfg.collect)
     finally:
-        filler.cancel()  # only still running when no task needed it here (external workers)
-    timings["train_seconds"] = time.perf_counter() - t0
-    st = trainer.last_stats
-    say(f"tasks: {st.get('tasks')} given, {st.get('new')} new in the pool, {st.get('trained')} trained now")
-    say(f"collecting {len(refs)} runs: merging windows ({cfg.collect['ensemble']}), IC tables"
-        + (", backtest of the merged signal" if cfg.collect["backtest"] is not None else "") + " ...")
-    t0 = time.perf_counter()
-    results = call_preloaded(collect_results, cfg.experiment, refs, cfg.collect)
+        for call in collector:
+            call.cancel()
     timings["collect_seconds"] = time.perf_counter() - t0
     trainer.join_workers()  # they exit on their own once drained; collection did not wait for them
     return results
+
+
+def _task_data(tasks: Sequence[dict[str, Any]]) -> Any:
+    """The market of the first task's handler (None: the default market)."""
+    handler = (tasks[0]["dataset"].get("kwargs") or {}).get("handler") if tasks else None
+    return (handler.get("kwargs") or {}).get("data") if isinstance(handler, dict) else None
+
+
+def warm_collection(data: Any) -> None:
+    """Open the experiment store and read the market (the merged backtest's prices) once."""
+    from alphamill.data import open_data
+    from alphamill.workflow.recorder import open_client
+
+    open_client()
+    open_data(data).calendar()
 
 
 def collect_results(experiment: str, recorders: Sequence[Any], collect: Mapping[str, Any]) -> Any:

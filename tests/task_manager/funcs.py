@@ -127,3 +127,18 @@ def raise_unpicklable():
 
 def die():
     os._exit(3)
+
+
+_WARMED: list = []
+
+
+def warm_up(value):
+    _WARMED.append((os.getpid(), value))
+
+
+def warmed():
+    return list(_WARMED), os.getpid()
+
+
+def warm_fails():
+    raise OSError("no store here")

@@ -64,3 +64,22 @@ def test_config_errors_pickle_with_their_path():
     e = pickle.loads(pickle.dumps(ConfigError("expected a date", "task.dataset.kwargs.segments.train")))
     assert e.path == "task.dataset.kwargs.segments.train" and e.message == "expected a date"
     assert str(e) == "task.dataset.kwargs.segments.train: expected a date"
+
+
+def test_a_prestarted_call_warms_up_in_the_process_that_then_runs_it(server):
+    call = forkserver.PreloadedCall(funcs.warmed, funcs.warm_up, "store")
+    seen, pid = call()
+    assert seen == [(pid, "store")] and pid != os.getpid()
+    assert funcs._WARMED == []  # nothing ran here
+
+
+def test_a_failed_warm_up_does_not_stop_the_call(server):
+    assert forkserver.PreloadedCall(funcs.warmed, funcs.warm_fails)()[0] == []
+
+
+def test_a_cancelled_call_leaves_no_process(server):
+    call = forkserver.PreloadedCall(funcs.warmed, funcs.warm_up, 1)
+    proc = call._proc
+    call.cancel()
+    assert not proc.is_alive() and proc.exitcode == 0
+    call.cancel()  # twice is harmless
