@@ -68,6 +68,34 @@ def freeze_long_lived() -> None:
     gc.freeze()
 
 
+_frozen_depth = 0
+
+
+@contextlib.contextmanager
+def gc_frozen() -> Any:
+    """Leave the objects alive now out of garbage collection while the block runs.
+
+    For tasks trained in this process: each collects garbage twice (:func:`release_memory`),
+    and a full collection over a process that imported MLflow, LightGBM and pandas takes
+    0.2 s, where the objects created since take microseconds. Afterwards (outermost block)
+    everything is collected as usual again. A process already frozen (a worker) is left as is.
+    """
+    global _frozen_depth
+    if _frozen_depth == 0 and gc.get_freeze_count() == 0:  # a freeze made by others stays theirs
+        gc.collect()
+        gc.freeze()
+        _frozen_depth = 1
+    elif _frozen_depth:
+        _frozen_depth += 1
+    try:
+        yield
+    finally:
+        if _frozen_depth:
+            _frozen_depth -= 1
+            if _frozen_depth == 0:
+                gc.unfreeze()
+
+
 def release_file_pages(min_bytes: int = 16 << 20) -> int:
     """Unmap the resident pages of unmodified ``.npy`` file mappings; returns the bytes released.
 

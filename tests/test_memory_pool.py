@@ -57,3 +57,25 @@ def test_small_arrays_and_a_full_pool_are_left_to_the_allocator(monkeypatch):
     assert memory.pooled_bytes() == 48 << 20  # one 40 MB buffer (in 16 MB steps) is kept
     memory.drop_pool()
     assert memory.pooled_bytes() == 0
+
+
+def test_gc_frozen_leaves_older_objects_out_until_the_outermost_block_ends():
+    gc.unfreeze()
+    with memory.gc_frozen():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with memory.gc_frozen():  # nested: still frozen
+            pass
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0
+
+
+def test_gc_frozen_leaves_a_freeze_made_by_others_alone():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with memory.gc_frozen():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
