@@ -96,6 +96,18 @@ def gc_frozen() -> Any:
                 gc.unfreeze()
 
 
+@contextlib.contextmanager
+def training_here() -> Any:
+    """Around tasks trained in this process: older objects are frozen out of garbage
+    collection while they run (:func:`gc_frozen`), and the frame buffers kept from one window
+    to the next are unmapped afterwards, since the process may go on with other work."""
+    try:
+        with gc_frozen():
+            yield
+    finally:
+        drop_pool()
+
+
 def release_file_pages(min_bytes: int = 16 << 20) -> int:
     """Unmap the resident pages of unmodified ``.npy`` file mappings; returns the bytes released.
 

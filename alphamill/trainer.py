@@ -319,11 +319,11 @@ class TrainerR(Trainer):
         return _from_ref(ref)
 
     def _loop(self, tasks: list[dict], func: Callable[..., Any] | str, name: str, label: str, status: str) -> list[Any]:
-        from alphamill.memory import gc_frozen
+        from alphamill.memory import training_here
 
         recs = []
         progress, total = _progress(len(tasks), label, self.progress)
-        with progress, (contextlib.nullcontext() if self.call_in_subproc else gc_frozen()):
+        with progress, (contextlib.nullcontext() if self.call_in_subproc else training_here()):
             bar = progress.add_task(label, total=total)
             for task in tasks:
                 rec = self._run_one(func, task, name, self.call_in_subproc)
@@ -573,13 +573,13 @@ class TrainerRM(Trainer):
     def _run_here(self, tm: Any, query: dict[str, Any], total: int, before: str, after: str,
                   func: str) -> dict[str, int]:
         """One worker: this process (as Qlib's TrainerRM), with the same progress display."""
-        from alphamill.memory import gc_frozen
+        from alphamill.memory import training_here
         from alphamill.task.manage import execute_task
 
         fn = _load(func)
         kwargs = self._worker_kwargs() if func == POOL_TRAIN_FUNC else {}
         display = _PoolProgress(total, self.progress, after)
-        with display, gc_frozen():
+        with display, training_here():
             while True:
                 stat = tm.task_stat(query)
                 display.update(stat)

@@ -79,3 +79,12 @@ def test_gc_frozen_leaves_a_freeze_made_by_others_alone():
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_training_here_unmaps_the_kept_buffers_at_the_end():
+    with memory.training_here():
+        a = memory.reusable_empty((100, 100_000), np.float32)
+        del a
+        gc.collect()
+        assert memory.pooled_bytes() > 0  # kept for the next window
+    assert memory.pooled_bytes() == 0
