@@ -24,8 +24,10 @@ comparable on a shared machine); both share one fresh alphamill home whose featu
 Writes ``benchmarks/results/online_bench.json``.
 
 Measured on the quiet 2-core machine, ``--threads 2``, full market and full model (6 windows,
-2016-2020, num_boost_round 1000): offline 81.5 s, online 86.5 s (training 81.6, prediction
-updates 1.8, the rest 3.1), ratio 1.06, identical merged predictions. Earlier, on the shared
+2016-2020, num_boost_round 1000): offline 53.5 s, online 58.2 s (training 55.0, prediction
+updates 1.2, the rest 2.0), ratio 1.09, identical merged predictions (before the frame
+buffers were kept between windows and the frames stopped being converted at every fit:
+offline 81.5 s, online 86.5 s, ratio 1.06). Earlier, on the shared
 machine (load ~4), one thread, ``--rounds 100``: offline 268.9 s, online 281.3 s, ratio 1.05.
 ``--small``: offline 3.4 s, online 5.4 s (ratio 1.6: on seconds-long runs the fixed costs of
 the state, the per-boundary routine and the signals dominate).
