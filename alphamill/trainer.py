@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -277,9 +276,9 @@ class TrainerR(Trainer):
     """Train tasks in this process, one after the other, with a progress bar.
 
     ``train_func(task, experiment_name) -> Recorder`` (default ``task_train``; a callable or
-    ``"module:function"``). ``call_in_subproc=True`` runs each task in one fresh spawned
-    child process (memory is returned to the system after each task; the child does not
-    start further processes).
+    ``"module:function"``). ``call_in_subproc=True`` runs each task in one fresh child
+    process (memory is returned to the system after each task), forked from the workers'
+    preloading server, so it does not import LightGBM and MLflow again for every task.
     """
 
     def __init__(
@@ -310,13 +309,9 @@ class TrainerR(Trainer):
     def _run_one(self, func: Callable[..., Any] | str, task: dict, name: str, subproc: bool) -> Any:
         if not subproc:
             return _load(func)(task, name)
-        from concurrent.futures import ProcessPoolExecutor
+        from alphamill.task.forkserver import call_in_child
 
-        spec = _spec_of(func)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
-            ref = ex.submit(_call_ref, spec, task, name).result()
-        return _from_ref(ref)
+        return _from_ref(call_in_child(_call_ref, _spec_of(func), task, name))
 
     def _loop(self, tasks: list[dict], func: Callable[..., Any] | str, name: str, label: str, status: str) -> list[Any]:
         from alphamill.memory import training_here

@@ -126,11 +126,12 @@ class PreloadedCall:
     server started by this process, ``func`` simply runs here when called (no ``warm``).
     """
 
-    def __init__(self, func: Callable[..., T], warm: Callable[..., Any] | None = None, *warm_args: Any):
+    def __init__(self, func: Callable[..., T], warm: Callable[..., Any] | None = None, *warm_args: Any,
+                 always_child: bool = False):
         self.func = func
         self._proc: Any = None
         self._conn: Any = None
-        if _started:
+        if _started or always_child:  # without a server, worker_context() spawns
             ctx = worker_context()
             self._conn, child = ctx.Pipe()
             state = (dict(os.environ), os.getcwd(), list(sys.path))
@@ -171,6 +172,14 @@ class PreloadedCall:
             self._proc.terminate()
             self._proc.join()
         self._proc = None
+
+
+def call_in_child(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, **kwargs)`` in a fresh child process (its memory goes back to the system
+    when it ends): forked from the worker server, started if needed, or spawned where the
+    platform has no fork server."""
+    start_worker_server()
+    return PreloadedCall(func, always_child=True)(*args, **kwargs)
 
 
 def call_preloaded(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -594,7 +594,7 @@ def run_experiment(
         say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
 
     def prepare() -> None:
-        if not server_started():
+        if cfg.workers <= 1:
             # training here: open the experiment store (its schema, on first use) while the
             # features compute; with worker processes the first worker does that
             from alphamill.workflow.recorder import R
