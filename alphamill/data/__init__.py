@@ -90,7 +90,7 @@ def ensure_demo_market(path: str | os.PathLike, **params: Any) -> Path:
     return target
 
 
-def _handler_data(task: Any) -> Any:
+def handler_data(task: Any) -> Any:
     """The ``data`` entry of a task's handler kwargs, or None."""
     if not isinstance(task, Mapping):
         return None
@@ -106,7 +106,7 @@ def _handler_data(task: Any) -> Any:
 
 def calendar_for_task(task: Mapping[str, Any] | None = None) -> pd.DatetimeIndex:
     """Trading calendar of the data a task uses (its handler's ``data`` kwarg, or the default)."""
-    return open_data(_handler_data(task)).calendar()
+    return open_data(handler_data(task)).calendar()
 
 
 __all__ = [

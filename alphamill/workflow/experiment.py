@@ -27,6 +27,7 @@ raised before anything is written to the pool.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -557,7 +558,13 @@ def run_experiment(
     for note in cfg.notes:
         say(f"note: {note}")
     t0 = time.perf_counter()
-    from alphamill.task.forkserver import PreloadedCall, server_started, start_worker_server
+    from alphamill.data import handler_data
+    from alphamill.task.forkserver import (
+        PreloadedCall,
+        call_preloaded,
+        server_started,
+        start_worker_server,
+    )
 
     if cfg.workers > 1:
         # the workers' fork server imports what they need meanwhile; the checks of LightGBM's
@@ -572,7 +579,7 @@ def run_experiment(
 
     filler = CacheFiller(feature_specs(tasks)).start()
     try:
-        PreloadedCall(validate_tasks)(tasks)
+        call_preloaded(validate_tasks, tasks)
         timings["generate_seconds"] = time.perf_counter() - t0
         say(f"generated {len(tasks)} tasks from {cfg.source} "
             f"({', '.join(n for n, _ in cfg.generators) or 'no generators'})")
@@ -616,7 +623,7 @@ def run_experiment(
     def start_collector() -> None:
         # the last tasks run: the process that will collect them opens the experiment store
         # and reads the market meanwhile
-        collector.append(PreloadedCall(collect_results, warm_collection, _task_data(tasks)))
+        collector.append(PreloadedCall(collect_results, warm_collection, handler_data(tasks[0])))
 
     try:
         try:
@@ -629,7 +636,7 @@ def run_experiment(
         say(f"collecting {len(refs)} runs: merging windows ({cfg.collect['ensemble']}), IC tables"
             + (", backtest of the merged signal" if cfg.collect["backtest"] is not None else "") + " ...")
         t0 = time.perf_counter()
-        collect = collector[0] if collector else PreloadedCall(collect_results)
+        collect = collector[0] if collector else functools.partial(call_preloaded, collect_results)
         results = collect(cfg.experiment, refs, cfg.collect)
     finally:
         for call in collector:
@@ -637,12 +644,6 @@ def run_experiment(
     timings["collect_seconds"] = time.perf_counter() - t0
     trainer.join_workers()  # they exit on their own once drained; collection did not wait for them
     return results
-
-
-def _task_data(tasks: Sequence[dict[str, Any]]) -> Any:
-    """The market of the first task's handler (None: the default market)."""
-    handler = (tasks[0]["dataset"].get("kwargs") or {}).get("handler") if tasks else None
-    return (handler.get("kwargs") or {}).get("data") if isinstance(handler, dict) else None
 
 
 def warm_collection(data: Any) -> None:

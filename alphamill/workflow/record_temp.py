@@ -386,7 +386,7 @@ class PortAnaRecord(RecordTemp):
 
     # --- prices -------------------------------------------------------------------------------
     def _source(self) -> Any:
-        from alphamill.data import open_data
+        from alphamill.data import handler_data, open_data
         from alphamill.data.base import DataSource
 
         if self.data is not None and not isinstance(self.data, (pd.DataFrame, pd.Series)):
@@ -402,7 +402,7 @@ class PortAnaRecord(RecordTemp):
             task = self.recorder.load_object("task.json")
         except ArtifactNotFound:
             task = None
-        return open_data(_handler_data(task))
+        return open_data(handler_data(task))
 
     def _prices(self, pred: pd.DataFrame) -> tuple[Any, Any]:
         """(price panel, benchmark) for the backtest."""
@@ -469,16 +469,6 @@ class PortAnaRecord(RecordTemp):
             compounded = risk_analysis(report[key], N=ann_scaler, mode="product")["risk"]
             parts[key] = pd.DataFrame({"risk": simple, "risk_compounded": compounded})
         return pd.concat(parts, names=["series", "metric"])
-
-
-def _handler_data(task: Any) -> Any:
-    """``task["dataset"]["kwargs"]["handler"]["kwargs"]["data"]`` when present."""
-    node = task
-    for key in ("dataset", "kwargs", "handler", "kwargs", "data"):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
 
 
 def _data_spec_of(dataset: Any) -> Any:
