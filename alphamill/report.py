@@ -64,11 +64,15 @@ def write_html_report(
     backtest_summary: pd.DataFrame | None = None,
     excess_return: pd.DataFrame | None = None,
     notes: dict[str, str] | None = None,
+    selection: pd.DataFrame | None = None,
+    selection_notes: list[str] | None = None,
 ) -> Path:
     """Write the report atomically (temp file + rename) and return its path.
 
     ``daily_ic`` has columns ``IC`` and ``Rank IC`` indexed by date; ``excess_return``
     has daily excess returns (columns: with/without cost) whose cumulative sums are drawn.
+    ``selection`` is the ranking of several signals (deflated Sharpe ratio, PBO, paired IC
+    test) with ``selection_notes`` the sentences that go with it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,11 @@ def write_html_report(
     ]
     for k, v in (notes or {}).items():
         parts.append(f"<p class='meta'><b>{html.escape(k)}</b>: {html.escape(str(v))}</p>")
-    parts += ["<h2>Merged signal</h2>", _table(summary), "<h2>Windows</h2>", _table(windows)]
+    parts += ["<h2>Merged signal</h2>", _table(summary)]
+    if selection is not None:
+        parts += ["<h2>Selection among variants</h2>", _table(selection)]
+        parts += [f"<p class='meta'>{html.escape(line)}</p>" for line in selection_notes or []]
+    parts += ["<h2>Windows</h2>", _table(windows)]
     parts += ["<h2>Daily IC</h2>", f"<img alt='daily IC' src='data:image/png;base64,{ic_chart}'>"]
     if excess_return is not None and not excess_return.empty:
         cum = {c: excess_return[c].cumsum() for c in excess_return.columns}

@@ -36,14 +36,26 @@ def _table(df: Any, title: str) -> Any:
     return table
 
 
+#: Selection columns left out of the terminal table (width); the report and --json have them.
+CLI_HIDDEN = ("days", "skew", "kurtosis", "ic_units")
+
+
 def print_results(console: Any, results: Any) -> None:
-    """Per-window and merged IC / ICIR / Rank IC / Rank ICIR, and the backtest summary."""
+    """Per-window and merged IC / ICIR / Rank IC / Rank ICIR, the backtest summary and, with
+    several signals, their ranking."""
     windows = results.windows.drop(columns=["run_id"])
     console.print(_table(windows, "Per window (each window's own test prediction)"))
     console.print(_table(results.summary, "Merged signal"))
     bt = results.backtest
     if bt is not None:
         console.print(_table(bt, "Backtest of the merged signal (top-k dropout; simple = sum, compounded = product)"))
+    sel = results.selection()
+    if sel is not None:
+        shown = sel.table.drop(columns=[c for c in CLI_HIDDEN if c in sel.table.columns])
+        console.print(_table(shown, "Selection among variants (deflated Sharpe ratio, PBO, paired IC test; "
+                                    "days, skew, kurtosis and IC units in the report and --json)"))
+        for line in sel.lines():
+            console.print(line, soft_wrap=True)
 
 
 def default_report_path(experiment: str) -> Path:

@@ -11,13 +11,19 @@ plus alphamill's sections::
       multi_horizon: {horizons: [1, 5], label_leak_n: 2}
     pool: {url: null, name: rolling_lgb}   # default: the embedded SQLite pool, name = experiment
     workers: 2                       # local worker processes; 0 = leave tasks to `alphamill worker`
-    collect: {ensemble: rolling, duplicate: error, backtest: {topk: 50, n_drop: 5}}
+    collect: {ensemble: rolling, duplicate: error, backtest: {topk: 50, n_drop: 5},
+              selection: {baseline: null, partitions: 16, ic_by: window, correction: holm}}
     report: reports/rolling_lgb.html
 
 ``collect.ensemble``: ``rolling`` (each model/variant's windows merged in time, the later
 window winning on overlaps), ``average`` or ``ic_weighted`` (additionally combine the merged
 variants into one ``ensemble`` signal: per-day z-score mean, or weights from each variant's
-trailing realised IC). A Qlib workflow file is accepted as it is: ``qlib_init`` is ignored (with
+trailing realised IC). ``collect.selection`` (``false`` turns it off) ranks several variants
+with the deflated Sharpe ratio, the probability of backtest overfitting over ``partitions``
+time blocks and a paired test of each variant's IC per ``window`` or ``month`` against
+``baseline`` (default: the variant with the template's own grid values, else the first), with
+a ``holm``, ``bh`` or ``none`` correction; every variant of the experiment in the pool counts
+as a trial (:mod:`alphamill.workflow.selection`). A Qlib workflow file is accepted as it is: ``qlib_init`` is ignored (with
 a note), Qlib module paths (``qlib.contrib.model.gbdt`` ...) are mapped to alphamill's, and
 top-level keys that only define YAML anchors (``market: &market ...``) are allowed. Any other
 unknown key, and every bad value, is a :class:`~alphamill.errors.ConfigError` naming the field,
@@ -60,7 +66,7 @@ GENERATOR_KEYS = {
     "grid": None,  # any dotted path
     "multi_horizon": ("horizons", "label_leak_n"),
 }
-COLLECT_KEYS = ("ensemble", "duplicate", "backtest", "ic_window", "label_delay")
+COLLECT_KEYS = ("ensemble", "duplicate", "backtest", "ic_window", "label_delay", "selection")
 ENSEMBLES = ("rolling", "average", "ic_weighted")
 RTYPES = {"sliding": "sliding", "sd": "sliding", "roll_sd": "sliding",
           "expanding": "expanding", "ex": "expanding", "roll_ex": "expanding"}
@@ -334,6 +340,9 @@ def _check_collect(raw: Any) -> dict[str, Any]:
                           "collect.backtest")
     _int(out["ic_window"], "collect.ic_window", 1)
     _int(out["label_delay"], "collect.label_delay", 0)
+    from alphamill.workflow.selection import check_settings
+
+    out["selection"] = check_settings(out.get("selection", True))
     return out
 
 
@@ -577,6 +586,7 @@ def run_experiment(
     # the tasks and starting the workers overlap it (they wait for it on the cache's lock)
     from alphamill.features.warm import CacheFiller
 
+    selection = selection_settings(cfg, tasks)
     filler = CacheFiller(feature_specs(tasks)).start()
     try:
         call_preloaded(validate_tasks, tasks)
@@ -631,13 +641,15 @@ def run_experiment(
         finally:
             filler.cancel()  # only still running when no task needed it here (external workers)
         timings["train_seconds"] = time.perf_counter() - t0
+        with trainer._manager() as tm:
+            trials = experiment_trials(tm, cfg.experiment) if selection is not None else None
         st = trainer.last_stats
         say(f"tasks: {st.get('tasks')} given, {st.get('new')} new in the pool, {st.get('trained')} trained now")
         say(f"collecting {len(refs)} runs: merging windows ({cfg.collect['ensemble']}), IC tables"
             + (", backtest of the merged signal" if cfg.collect["backtest"] is not None else "") + " ...")
         t0 = time.perf_counter()
         collect = collector[0] if collector else functools.partial(call_preloaded, collect_results)
-        results = collect(cfg.experiment, refs, cfg.collect)
+        results = collect(cfg.experiment, refs, {**cfg.collect, "selection": selection}, trials)
     finally:
         for call in collector:
             call.cancel()
@@ -655,9 +667,39 @@ def warm_collection(data: Any) -> None:
     open_data(data).calendar()
 
 
-def collect_results(experiment: str, recorders: Sequence[Any], collect: Mapping[str, Any]) -> Any:
+def selection_settings(cfg: RunConfig, tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """``collect.selection`` with its baseline resolved and checked against the generated
+    variants (before anything is trained): the configured one, else the variant with the
+    template's own grid values, else the first."""
+    from alphamill.workflow.selection import task_variant, template_variant
+
+    settings = cfg.collect.get("selection")
+    if settings is None:
+        return None
+    names = list(dict.fromkeys(task_variant(t) for t in tasks))
+    baseline = settings.get("baseline")
+    signals = names + (["ensemble"] if cfg.collect["ensemble"] != "rolling" and len(names) > 1 else [])
+    if baseline is not None and baseline not in signals:
+        raise ConfigError(f"{baseline!r} is not one of the variants: {', '.join(signals)}",
+                          "collect.selection.baseline")
+    if baseline is None:
+        grid = dict(cfg.generators).get("grid")
+        baseline = template_variant(cfg.task, grid, tasks) or names[0]
+    return {**settings, "baseline": baseline}
+
+
+def experiment_trials(tm: Any, experiment: str) -> dict[str, dict[str, int]]:
+    """``{variant: {status: count}}`` of every pool row of ``experiment`` (what was tried)."""
+    from alphamill.workflow.selection import trials_from_tasks
+
+    return trials_from_tasks(tm.query({"meta.experiment_name": experiment}))
+
+
+def collect_results(experiment: str, recorders: Sequence[Any], collect: Mapping[str, Any],
+                    trials: Mapping[str, Mapping[str, int]] | None = None) -> Any:
     """The computed :class:`~alphamill.workflow.results.ExperimentResults` of ``recorders``
-    (recorders or their references), collected as the config's ``collect:`` section says."""
+    (recorders or their references), collected as the config's ``collect:`` section says;
+    ``trials`` are the pool's variants of the experiment (see :func:`experiment_trials`)."""
     from alphamill.workflow.recorder import Recorder
     from alphamill.workflow.results import ExperimentResults
 
@@ -665,6 +707,7 @@ def collect_results(experiment: str, recorders: Sequence[Any], collect: Mapping[
     results = ExperimentResults.from_recorders(
         experiment, recs, ensemble=collect["ensemble"], duplicate=collect["duplicate"],
         backtest=collect["backtest"], ic_window=collect["ic_window"], label_delay=collect["label_delay"],
+        selection=collect.get("selection"), trials=trials,
     )
     return results.compute()
 

@@ -18,6 +18,9 @@ and derives:
   defaults) of each merged signal, with the annualised return, information ratio and maximum
   drawdown of the excess return with and without cost, simple (``sum``) and compounded
   (``product``);
+* ``selection()`` - with several signals, their ranking by the deflated Sharpe ratio, the
+  probability of backtest overfitting and a paired IC test against a baseline, counting every
+  variant tried (:mod:`alphamill.workflow.selection`);
 * ``report(path)`` - a single-file HTML report.
 
 IC definitions are :mod:`alphamill.evaluate`'s (Qlib's): daily Pearson / Spearman correlation
@@ -76,7 +79,10 @@ class ExperimentResults:
 
     ``preds`` / ``labels`` map ``(model, variant, window)`` keys to each window's stored
     prediction and raw label; ``run_ids`` maps them to run ids. ``backtest`` is a dict of
-    keyword arguments for :func:`alphamill.backtest` (``None``: no backtest).
+    keyword arguments for :func:`alphamill.backtest` (``None``: no backtest). ``selection``
+    holds the settings of :func:`~alphamill.workflow.selection.select` (``True``: the
+    defaults; ``False``/``None``: no ranking)
+    and ``trials`` the pool's ``{variant: {status: count}}`` of the experiment.
     """
 
     def __init__(
@@ -91,6 +97,8 @@ class ExperimentResults:
         ic_window: int = 20,
         label_delay: int = 2,
         data: Any = None,
+        selection: Mapping[str, Any] | bool | None = True,
+        trials: Mapping[str, Mapping[str, int]] | None = None,
     ):
         if not preds:
             raise ConfigError(f"experiment {experiment_name!r}: nothing collected (no finished run with a "
@@ -106,6 +114,10 @@ class ExperimentResults:
         self.ic_window = ic_window
         self.label_delay = label_delay
         self.data = data
+        from alphamill.workflow.selection import check_settings
+
+        self.selection_settings = check_settings(selection)
+        self.trials = None if trials is None else {str(k): dict(v) for k, v in trials.items()}
         self.timings: dict[str, float] = {}
 
     # -- construction ------------------------------------------------------------------------
@@ -266,9 +278,28 @@ class ExperimentResults:
         bt = self._backtests.get(self.headline)
         return None if bt is None else bt["excess"]
 
+    # -- selection among variants ------------------------------------------------------------
+    @cached_property
+    def _selection(self) -> Any:
+        from alphamill.workflow.selection import select
+
+        if self.selection_settings is None:
+            return None
+        return select(self, trials=self.trials, **self.selection_settings)
+
+    def selection(self, **settings: Any) -> Any:
+        """The :class:`~alphamill.workflow.selection.Selection` ranking of the merged signals
+        (``None`` with a single signal or when turned off); ``settings`` override the
+        configured ones (baseline, partitions, ic_by, correction)."""
+        if not settings:
+            return self._selection
+        from alphamill.workflow.selection import DEFAULTS, select
+
+        return select(self, trials=self.trials, **{**DEFAULTS, **(self.selection_settings or {}), **settings})
+
     def compute(self) -> ExperimentResults:
         """Compute every table now (they are otherwise computed on first use)."""
-        _ = self.windows, self.summary, self.backtest
+        _ = self.windows, self.summary, self.backtest, self.selection()
         return self
 
     # -- output ------------------------------------------------------------------------------
@@ -281,6 +312,7 @@ class ExperimentResults:
             bt = bt.copy()
             bt.index = [" · ".join(str(x) for x in idx) for idx in bt.index]
         windows = self.windows.reset_index()
+        sel = self.selection()
         return write_html_report(
             path,
             title=title or f"alphamill experiment {self.experiment_name}",
@@ -289,6 +321,8 @@ class ExperimentResults:
             daily_ic=self.daily_ic,
             backtest_summary=bt,
             excess_return=self.excess_return,
+            selection=None if sel is None else sel.table,
+            selection_notes=None if sel is None else sel.lines(),
             notes={"experiment": self.experiment_name, "windows": str(len(self.preds)),
                    "ensemble": self.ensemble, **(notes or {})},
         )
@@ -316,6 +350,7 @@ class ExperimentResults:
             "summary": records(self.summary),
             "windows": records(self.windows),
             "backtest": records(self.backtest),
+            "selection": None if self.selection() is None else self.selection().to_dict(),
         }
 
     def to_json(self) -> str:

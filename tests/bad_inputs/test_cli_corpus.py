@@ -209,6 +209,12 @@ RUN_CASES = [
               ("generators.rolling.rtype",)),
     _run_case("pool-name-traversal", lambda c: c["pool"].update(name="../x"), ("pool.name", "invalid pool name")),
     _run_case("workers-negative", lambda c: c.update(workers=-1), ("workers",)),
+    _run_case("selection-partitions-odd", lambda c: c["collect"].update(selection={"partitions": 5}),
+              ("collect.selection.partitions", "even")),
+    _run_case("selection-unknown-setting", lambda c: c["collect"].update(selection={"blocks": 8}),
+              ("collect.selection.blocks", "unknown setting")),
+    _run_case("selection-unknown-baseline", lambda c: c["collect"].update(selection={"baseline": "LGBModel lr=9"}),
+              ("collect.selection.baseline", "lgbmodel lr=9", "not one of the variants")),
 ]
 
 ALL = CASES + RUN_CASES
