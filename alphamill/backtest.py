@@ -3,10 +3,12 @@
 Timing, row by row. Row ``t`` of the result is one trading day of the price calendar:
 
 1. the account is valued at the deal price (close by default) of day ``t``: ``account``;
-2. the signal of day ``t`` (the predictions dated ``t``; with ``signal_lag=1`` those of the
-   previous trading day, which is Qlib's own timing) decides the trades, which are executed at
-   the deal price of day ``t``; their fees are ``cost`` and their traded value (buys + sells)
-   is ``turnover``, both as fractions of ``account``;
+2. the signal of the previous trading day (``signal_lag=1``, the default, Qlib's timing: a
+   prediction computed from the close of ``t-1`` is traded at the next close, ``t``; with
+   ``signal_lag=0`` the predictions dated ``t`` themselves, traded at the close they were
+   computed from, which is optimistic) decides the trades, which are executed at the deal
+   price of day ``t``; their fees are ``cost`` and their traded value (buys + sells) is
+   ``turnover``, both as fractions of ``account``;
 3. the resulting holdings earn the price change from day ``t`` to the next trading day ``t+1``:
    ``return`` = earnings / ``account`` (before fees, as Qlib reports it), so
    ``account[t+1] = account[t] * (1 + return[t] - cost[t])``.
@@ -48,7 +50,31 @@ import pandas as pd
 
 from alphamill.errors import ConfigError
 
-__all__ = ["REPORT_COLUMNS", "topk_dropout_backtest", "price_panel"]
+__all__ = [
+    "DEFAULT_SIGNAL_LAG",
+    "REPORT_COLUMNS",
+    "TIMING",
+    "timing",
+    "topk_dropout_backtest",
+    "price_panel",
+]
+
+#: Trading days between a prediction's date and the close it is traded at, unless a backtest
+#: sets ``signal_lag`` itself: 1 is Qlib's timing (the signal computed from the close of ``t``
+#: is traded at the close of ``t+1``). Every backtest alphamill runs takes its default here.
+DEFAULT_SIGNAL_LAG = 1
+
+#: How each ``signal_lag`` is said in tables and reports.
+TIMING = {
+    0: "signals traded at the close they were computed from",
+    1: "signals traded at the next close",
+}
+
+
+def timing(signal_lag: int = DEFAULT_SIGNAL_LAG) -> str:
+    """The words a table or report uses for ``signal_lag``."""
+    return TIMING[int(signal_lag)]
+
 
 REPORT_COLUMNS = [
     "return",
@@ -147,7 +173,7 @@ def topk_dropout_backtest(
     start_time: Any = None,
     end_time: Any = None,
     risk_degree: float = 0.95,
-    signal_lag: int = 0,
+    signal_lag: int = DEFAULT_SIGNAL_LAG,
     limit_threshold: float | None = None,
     trade_unit: float | None = None,
 ) -> pd.DataFrame:

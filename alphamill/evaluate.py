@@ -8,8 +8,16 @@
   skipped; not annualised, as in Qlib's ``SigAnaRecord``), the same for the rank IC.
 * :func:`risk_analysis`: mean, std, annualized_return, information_ratio, max_drawdown of a
   daily return series, ``mode="sum"`` (simple: mean*N, mean/std*sqrt(N), drawdown of the
-  cumulative sum) or ``mode="product"`` (compounded: see the function).
-* :func:`long_short_returns`: daily mean label of the top and bottom quantile by prediction.
+  cumulative sum) or ``mode="product"`` (compounded: see the function). ``N`` defaults to
+  Qlib's scaler for the frequency: 238 trading days a year for daily returns.
+* :func:`calc_long_short_return` / :func:`long_short_returns`: Qlib's daily long-short return
+  ((top quantile - bottom quantile) / 2) and average label return, plus alphamill's own
+  long-minus-average (top quantile - average).
+
+Annualisation: Qlib annualises a backtest's risk analysis with 238 trading days
+(:data:`ANN_SCALER`, what ``PortAnaRecord`` and the merged backtest use by default) and
+``SigAnaRecord``'s long-short figures with ``ann_scaler=252`` (:data:`SIG_ANN_SCALER`).
+Both are settings; every table says which one it used.
 """
 
 from __future__ import annotations
@@ -21,7 +29,52 @@ import pandas as pd
 
 from alphamill.errors import ConfigError
 
+#: Periods per year of Qlib's ``risk_analysis`` by frequency (``cal_risk_analysis_scaler``).
+FREQ_SCALERS = {"minute": 240 * 238, "day": 238, "week": 50, "month": 12}
+#: Trading days a year a backtest's risk analysis is annualised with (Qlib's daily scaler).
+ANN_SCALER = FREQ_SCALERS["day"]
+#: ``SigAnaRecord``'s default ``ann_scaler`` (Qlib's) for the long-short figures.
+SIG_ANN_SCALER = 252
+
+_FREQ_ALIASES = {
+    "min": "minute",
+    "minute": "minute",
+    "day": "day",
+    "d": "day",
+    "week": "week",
+    "w": "week",
+    "month": "month",
+    "m": "month",
+}
+
+
+def ann_scaler_of(freq: str) -> float:
+    """Qlib's periods per year for ``freq`` ("day", "1day", "5min", "week", ...)."""
+    text = str(freq).strip().lower()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    count = int(text[:digits]) if digits else 1
+    unit = _FREQ_ALIASES.get(text[digits:])
+    if unit is None or count < 1:
+        raise ConfigError(
+            f"expected a frequency such as day, week, month or 5min, got {freq!r}", "freq"
+        )
+    return FREQ_SCALERS[unit] / count
+
+
+def check_ann_scaler(value: object, where: str) -> float:
+    """``value`` as a positive number of periods per year, else a ConfigError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"expected a positive number of periods per year, got {value!r}", where)
+    if not np.isfinite(value) or value <= 0:
+        raise ConfigError(f"expected a positive number of periods per year, got {value!r}", where)
+    return float(value)
+
+
 __all__ = [
+    "ANN_SCALER",
+    "SIG_ANN_SCALER",
+    "ann_scaler_of",
+    "check_ann_scaler",
     "calc_ic",
     "calc_long_short_return",
     "ic_summary",
@@ -113,28 +166,37 @@ def long_short_returns(
     label: pd.Series | pd.DataFrame,
     quantile: float = 0.2,
     date_col: str = "datetime",
+    dropna: bool = False,
 ) -> pd.DataFrame:
-    """Per day: mean label of the top / bottom ``int(n * quantile)`` instruments by prediction.
+    """Per day, the mean label of the top and bottom quantile by prediction, as Qlib counts them.
 
-    Columns ``long``, ``short``, ``avg`` (all instruments), ``long_short`` = (long - short) / 2
-    (Qlib's long-short return) and ``long_avg`` = long - avg. Ties in the prediction are broken
-    by instrument order. Days with fewer than ``1 / quantile`` instruments have NaN long/short.
+    Qlib's ``calc_long_short_return`` joins prediction and label on their index (union), takes
+    ``k = int(rows that day * quantile)``, the ``k`` highest and ``k`` lowest predictions
+    (missing predictions never selected; ties go to the instrument met first) and the mean of
+    their labels (missing labels skipped); with ``dropna`` the rows missing either are dropped
+    first. Columns: ``long``, ``short``, ``avg`` (mean label of the day), ``long_short`` =
+    (long - short) / 2 and ``long_minus_avg`` = long - avg (alphamill's own measure: Qlib's
+    "long-avg" series is ``avg`` itself).
     """
     if not 0 < quantile <= 0.5:
         raise ConfigError(f"expected 0 < quantile <= 0.5, got {quantile}", "quantile")
-    df, level = _pairs(pred, label, date_col)
+    pred = _as_series(pred, "pred").astype("float64")
+    label = _as_series(label, "label").astype("float64")
+    df = pd.DataFrame({"pred": pred, "label": label})
+    if dropna:
+        df = df.dropna()
+    level = date_col if date_col in df.index.names else df.index.names[0]
     keys = df.index.get_level_values(level)
     g = df.groupby(keys, sort=True)
-    n = g["pred"].transform("size")
-    k = np.floor(n * quantile).astype(int)
-    rank_desc = g["pred"].rank(method="first", ascending=False)
+    k = np.floor(g["pred"].transform("size") * quantile).astype(int)  # Python int(), as Qlib
+    rank_desc = g["pred"].rank(method="first", ascending=False)  # NaN predictions: no rank
     rank_asc = g["pred"].rank(method="first", ascending=True)
     long = df["label"].where(rank_desc <= k).groupby(keys, sort=True).mean()
     short = df["label"].where(rank_asc <= k).groupby(keys, sort=True).mean()
     avg = g["label"].mean()
     out = pd.DataFrame({"long": long, "short": short, "avg": avg})
     out["long_short"] = (out["long"] - out["short"]) / 2
-    out["long_avg"] = out["long"] - out["avg"]
+    out["long_minus_avg"] = out["long"] - out["avg"]
     out.index.name = level
     return out
 
@@ -146,21 +208,29 @@ def calc_long_short_return(
     quantile: float = 0.2,
     dropna: bool = False,
 ) -> tuple[pd.Series, pd.Series]:
-    """Qlib's ``calc_long_short_return``: ((long - short) / 2, daily average label)."""
-    out = long_short_returns(pred, label, quantile=quantile, date_col=date_col)
-    if dropna:
-        out = out.dropna(subset=["long_short"])
+    """Qlib's ``calc_long_short_return``: ((long - short) / 2, the day's average label).
+
+    The second series is what Qlib calls ``long_avg_r`` and annualises as "Long-Avg": the plain
+    average label return of each day, not the top quantile's excess over it.
+    """
+    out = long_short_returns(pred, label, quantile=quantile, date_col=date_col, dropna=dropna)
     return out["long_short"], out["avg"]
 
 
 def risk_analysis(
-    returns: pd.Series, N: int = 252, mode: Literal["sum", "product"] = "sum"
+    returns: pd.Series,
+    N: float | None = None,
+    freq: str | None = "day",
+    mode: Literal["sum", "product"] = "sum",
 ) -> pd.DataFrame:
     """Qlib's ``risk_analysis`` of daily returns (NaN days are dropped first).
 
+    ``N`` periods per year; without it, Qlib's scaler for ``freq`` (238 for ``day``, 50 for
+    ``week``, 12 for ``month``: :func:`ann_scaler_of`).
+
     ``sum``: mean and std (ddof=1) of the returns, annualized_return = mean * N,
     information_ratio = mean / std * sqrt(N), max_drawdown = min of (cumsum - running max of
-    cumsum).
+    cumsum); std is the per-period standard deviation, not annualised (as in Qlib).
 
     ``product``: with the wealth curve W = cumprod(1 + r) over n days, mean = W_n^(1/n) - 1
     (geometric mean), std = std(log(1 + r)) (ddof=1), annualized_return = W_n^(N/n) - 1,
@@ -170,8 +240,11 @@ def risk_analysis(
     """
     if mode not in ("sum", "product"):
         raise ConfigError(f"expected 'sum' or 'product', got {mode!r}", "mode")
-    if not isinstance(N, (int, float, np.integer, np.floating)) or N <= 0:
-        raise ConfigError(f"expected a positive number of periods per year, got {N!r}", "N")
+    if N is None:
+        if freq is None:
+            raise ConfigError("expected N or freq (at least one)", "N")
+        N = ann_scaler_of(freq)
+    N = check_ann_scaler(N, "N")
     if isinstance(returns, pd.DataFrame):
         if returns.shape[1] != 1:
             raise ConfigError("expected a Series of returns", "returns")

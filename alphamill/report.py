@@ -62,6 +62,7 @@ def write_html_report(
     windows: pd.DataFrame,
     daily_ic: pd.DataFrame,
     backtest_summary: pd.DataFrame | None = None,
+    backtest_caption: str | None = None,
     excess_return: pd.DataFrame | None = None,
     notes: dict[str, str] | None = None,
     selection: pd.DataFrame | None = None,
@@ -70,8 +71,9 @@ def write_html_report(
     """Write the report atomically (temp file + rename) and return its path.
 
     ``daily_ic`` has columns ``IC`` and ``Rank IC`` indexed by date; ``excess_return``
-    has daily excess returns (columns: with/without cost) whose cumulative sums are drawn.
-    ``selection`` is the ranking of several signals (deflated Sharpe ratio, PBO, paired IC
+    has daily excess returns (columns: with/without cost) whose cumulative sums are drawn;
+    ``backtest_caption`` says how the backtest traded and annualised (shown with its chart and
+    table). ``selection`` is the ranking of several signals (deflated Sharpe ratio, PBO, paired IC
     test) with ``selection_notes`` the sentences that go with it.
     """
     path = Path(path)
@@ -88,6 +90,7 @@ def write_html_report(
     ]
     for k, v in (notes or {}).items():
         parts.append(f"<p class='meta'><b>{html.escape(k)}</b>: {html.escape(str(v))}</p>")
+    caption = f"<p class='meta'>{html.escape(backtest_caption)}</p>" if backtest_caption else ""
     parts += ["<h2>Merged signal</h2>", _table(summary)]
     if selection is not None:
         parts += ["<h2>Selection among variants</h2>", _table(selection)]
@@ -97,9 +100,10 @@ def write_html_report(
     if excess_return is not None and not excess_return.empty:
         cum = {c: excess_return[c].cumsum() for c in excess_return.columns}
         chart = _png(cum, "Cumulative excess return (top-k dropout)", "cumulative return")
-        parts += ["<h2>Cumulative excess return</h2>", f"<img alt='excess return' src='data:image/png;base64,{chart}'>"]
+        parts += ["<h2>Cumulative excess return</h2>", caption,
+                  f"<img alt='excess return' src='data:image/png;base64,{chart}'>"]
     if backtest_summary is not None:
-        parts += ["<h2>Backtest summary</h2>", _table(backtest_summary)]
+        parts += ["<h2>Backtest summary</h2>", caption, _table(backtest_summary)]
     parts.append("</body></html>")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
     with os.fdopen(fd, "w", encoding="utf-8") as f:

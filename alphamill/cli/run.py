@@ -48,7 +48,8 @@ def print_results(console: Any, results: Any) -> None:
     console.print(_table(results.summary, "Merged signal"))
     bt = results.backtest
     if bt is not None:
-        console.print(_table(bt, "Backtest of the merged signal (top-k dropout; simple = sum, compounded = product)"))
+        console.print(_table(bt, "Backtest of the merged signal (simple = sum, compounded = product)"))
+        console.print(f"backtest: {results.backtest_caption()}", soft_wrap=True)
     sel = results.selection()
     if sel is not None:
         shown = sel.table.drop(columns=[c for c in CLI_HIDDEN if c in sel.table.columns])

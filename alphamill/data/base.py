@@ -196,6 +196,25 @@ class DataSource(ABC):
         data = {f: np.asarray(values[f], dtype=np.float32)[order] for f in names}
         return pd.DataFrame(data, index=index, columns=names)
 
+    def series(
+        self, code: str, field: str = "close", start: Any = None, end: Any = None
+    ) -> pd.Series:
+        """One field of one code on the calendar days in ``[start, end]`` (NaN where it has no
+        value), float64, indexed by date. A backtest's benchmark is read this way."""
+        name = normalize_fields([field], self.available_fields())[0]
+        cal = self.calendar()
+        s, e = _timestamp(start, "start"), _timestamp(end, "end")
+        lo = 0 if s is None else int(cal.searchsorted(s, side="left"))
+        hi = len(cal) if e is None else int(cal.searchsorted(e, side="right"))
+        days = cal[lo:hi]
+        values = self._code_values(code, name)
+        return values.reindex(days).rename(code)
+
+    def _code_values(self, code: str, field: str) -> pd.Series:
+        """Every stored value of ``field`` for ``code``, indexed by date."""
+        panel = self.load([code], fields=[field])
+        return panel[field].droplevel("instrument").astype("float64")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
 

@@ -153,6 +153,23 @@ class QlibBinSource(DataSource):
         return h.hexdigest()[:24]
 
     # -- reading --------------------------------------------------------------------------
+    def _code_values(self, code: str, field: str) -> pd.Series:
+        """Also a code with a ``features/`` folder but no line in ``instruments/all.txt``: Qlib
+        reads an index (``SH000300`` in ``features/sh000300/``) as any other code, over the
+        days its ``.bin`` file covers."""
+        spans = self.spans()
+        if code in spans or code.upper() in spans:
+            return super()._code_values(code.upper() if code not in spans else code, field)
+        path = self._file(code, field)
+        if not path.is_file():
+            raise DataError(
+                f"{code!r} is neither an instrument of {self.path} (instruments/all.txt) nor stored "
+                f"under features/ ({path} is missing)"
+            )
+        start, n = self._header(path)
+        vals = np.fromfile(path, dtype="<f4", count=n, offset=4).astype("float64")
+        return pd.Series(vals, index=self.calendar()[start : start + n])
+
     def _file(self, sym: str, field: str) -> Path:
         return self.path / "features" / code_to_fname(sym) / f"{field}.{self.freq}.bin"
 

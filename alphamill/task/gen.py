@@ -308,9 +308,14 @@ class RollingGen(TaskGen):
     clipped to that end. Regenerating after the calendar grows keeps every earlier
     window's task (and hash) unchanged except the last, clipped one.
 
-    ``trunc_days=d`` caps every bound of the non-test segments at ``d`` trading days before
-    the test start, so labels that look ``d - 1`` days ahead cannot reach into the test
-    window (Qlib's semantics). ``embargo=n`` (n > 0) additionally ends every non-test
+    ``trunc_days=d`` caps every bound of the non-test segments at the ``d``-th trading day
+    before the test start (Qlib's ``TimeAdjuster.truncate``: index ``test_start - d``). A label
+    that reads the close ``h`` days ahead (``h = 2`` for Alpha158's default
+    ``Ref($close, -2)/Ref($close, -1) - 1``) then reads up to ``h - d`` days past the test
+    start, so ``d = h + 1`` keeps every training label strictly before the test window (the
+    rule of Qlib's docstring, "2 + 1 == 3", and of :class:`MultiHorizonGen`), while
+    ``d = h`` (what Qlib's rolling benchmark passes) lets the last label end at the first test
+    day's close. ``embargo=n`` (n > 0) additionally ends every non-test
     segment at least ``n`` trading days before the next segment starts (train -> valid,
     valid -> test). Both are applied to the first window and move with it.
 

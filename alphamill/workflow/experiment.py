@@ -338,6 +338,10 @@ def _check_collect(raw: Any) -> dict[str, Any]:
     elif not isinstance(out["backtest"], dict):
         raise ConfigError(f"expected a mapping of backtest settings or false, got {out['backtest']!r}",
                           "collect.backtest")
+    else:
+        from alphamill.workflow.port_analysis import check_settings
+
+        out["backtest"] = check_settings(out["backtest"])
     _int(out["ic_window"], "collect.ic_window", 1)
     _int(out["label_delay"], "collect.label_delay", 0)
     from alphamill.workflow.selection import check_settings

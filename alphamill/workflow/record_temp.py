@@ -24,10 +24,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphamill.backtest import topk_dropout_backtest
+from alphamill.backtest import DEFAULT_SIGNAL_LAG
 from alphamill.config import redact_url
 from alphamill.errors import ConfigError
-from alphamill.evaluate import calc_ic, ic_summary, long_short_returns, risk_analysis
+from alphamill.evaluate import (
+    ANN_SCALER,
+    SIG_ANN_SCALER,
+    calc_ic,
+    check_ann_scaler,
+    ic_summary,
+    long_short_returns,
+)
+from alphamill.workflow.port_analysis import analyse, run_backtest
 from alphamill.workflow.recorder import ArtifactNotFound, Recorder
 
 __all__ = ["PortAnaRecord", "RecordTemp", "SigAnaRecord", "SignalRecord"]
@@ -142,7 +150,16 @@ class SignalRecord(RecordTemp):
 
 
 class SigAnaRecord(RecordTemp):
-    """Daily IC / rank IC of the predictions against the raw labels (Qlib's ``SigAnaRecord``)."""
+    """Daily IC / rank IC of the predictions against the raw labels (Qlib's ``SigAnaRecord``).
+
+    With ``ana_long_short`` it logs Qlib's figures under Qlib's names, annualised with
+    ``ann_scaler`` periods a year (252 by default, as Qlib): "Long-Short Ann Return" / "Ann
+    Sharpe" of the daily (top quantile - bottom quantile) / 2, and "Long-Avg Ann Return" /
+    "Ann Sharpe" of the daily *average* label return (Qlib's ``long_avg_r``, the market's
+    return, not an excess). alphamill's own top-quantile excess over that average is logged
+    as "Long-Minus-Avg Ann Return" / "Ann Sharpe" (``long_minus_avg_r.parquet``). The scaler
+    used is tagged ``alphamill.sig_analysis.ann_scaler``.
+    """
 
     artifact_path = "sig_analysis"
     depend_cls = SignalRecord
@@ -151,20 +168,20 @@ class SigAnaRecord(RecordTemp):
         self,
         recorder: Recorder | None = None,
         ana_long_short: bool = False,
-        ann_scaler: int = 252,
+        ann_scaler: float = SIG_ANN_SCALER,
         label_col: int | str = 0,
         skip_existing: bool = False,
     ):
         super().__init__(recorder)
         self.ana_long_short = ana_long_short
-        self.ann_scaler = ann_scaler
+        self.ann_scaler = check_ann_scaler(ann_scaler, "ann_scaler")
         self.label_col = label_col
         self.skip_existing = skip_existing
 
     def list(self) -> list[str]:
         paths = ["ic.parquet", "ric.parquet"]
         if self.ana_long_short:
-            paths += ["long_short_r.parquet", "long_avg_r.parquet"]
+            paths += ["long_short_r.parquet", "long_avg_r.parquet", "long_minus_avg_r.parquet"]
         return paths
 
     def generate(self, **kwargs: Any) -> None:
@@ -193,12 +210,16 @@ class SigAnaRecord(RecordTemp):
         if self.ana_long_short:
             ls = long_short_returns(score, lab)
             n = self.ann_scaler
-            for name, col in (("Long-Short", "long_short"), ("Long-Avg", "long_avg")):
-                r = ls[col]
+            series = {
+                "Long-Short": ("long_short_r", ls["long_short"]),
+                "Long-Avg": ("long_avg_r", ls["avg"]),  # Qlib's meaning: the average label
+                "Long-Minus-Avg": ("long_minus_avg_r", ls["long_minus_avg"]),
+            }
+            for name, (artifact, r) in series.items():
                 metrics[f"{name} Ann Return"] = float(r.mean() * n)
                 metrics[f"{name} Ann Sharpe"] = float(r.mean() / r.std() * np.sqrt(n))
-            objects["long_short_r.pkl"] = ls["long_short"]
-            objects["long_avg_r.pkl"] = ls["long_avg"]
+                objects[f"{artifact}.pkl"] = r.rename(artifact)
+            self.recorder.set_tags(**{"alphamill.sig_analysis.ann_scaler": f"{n:g}"})
         self.recorder.log_metrics(**metrics)
         self.save(**objects)
 
@@ -216,15 +237,21 @@ class PortAnaRecord(RecordTemp):
                                           "min_cost": 5, "deal_price": "close"}}}
 
     (every key optional; those values are the defaults; ``benchmark`` None is the
-    equal-weight universe). Extra backtest keys: ``exchange_kwargs.limit_threshold``,
-    ``exchange_kwargs.trade_unit``, ``backtest.signal_lag`` (1, the default, is Qlib's timing:
-    the signal computed at the close of t is traded the next day, as the default label assumes;
-    0 trades at the close of t itself, which is optimistic) - see :mod:`alphamill.backtest`.
+    equal-weight universe, a code is read as Qlib reads it, also an index that is not a listed
+    instrument: see :mod:`alphamill.workflow.port_analysis`). Extra backtest keys:
+    ``exchange_kwargs.limit_threshold``, ``exchange_kwargs.trade_unit``,
+    ``backtest.signal_lag`` (default :data:`~alphamill.backtest.DEFAULT_SIGNAL_LAG` = 1, Qlib's
+    timing: the signal computed at the close of t is traded at the next close, as the default
+    label assumes; 0 trades at the close of t itself, which is optimistic).
 
     Prices come from, in order: ``data`` (a price panel DataFrame, or a data source / folder),
     the ``dataset`` the task trained on, the recorder's ``alphamill.data`` tag (written by
     :class:`SignalRecord`), the recorded ``task.json``, and finally the configured data.
-    ``ann_scaler`` (default 252) annualises both the simple and the compounded analysis.
+    ``ann_scaler`` (default :data:`~alphamill.evaluate.ANN_SCALER` = 238, what Qlib's
+    ``risk_analysis`` uses for daily returns, so the ``1day.*`` metrics mean what Qlib's do)
+    annualises both the simple and the compounded analysis. The tags
+    ``alphamill.port_analysis.ann_scaler`` and ``alphamill.port_analysis.timing`` say which
+    scaler and timing the stored figures used.
     """
 
     artifact_path = "portfolio_analysis"
@@ -263,7 +290,7 @@ class PortAnaRecord(RecordTemp):
         model: Any = None,
         dataset: Any = None,
         data: Any = None,
-        ann_scaler: int = 252,
+        ann_scaler: float = ANN_SCALER,
         **kwargs: Any,
     ):
         super().__init__(recorder)
@@ -285,13 +312,11 @@ class PortAnaRecord(RecordTemp):
                 raise ConfigError(
                     f"only daily analysis is supported, got {f!r}", "risk_analysis_freq"
                 )
-        if not isinstance(ann_scaler, (int, float)) or ann_scaler <= 0:
-            raise ConfigError(f"expected a positive number, got {ann_scaler!r}", "ann_scaler")
+        self.ann_scaler = check_ann_scaler(ann_scaler, "ann_scaler")
         self.config = dict(config or {})
         self.skip_existing = skip_existing
         self.dataset = dataset
         self.data = data
-        self.ann_scaler = ann_scaler
         self.strategy_kwargs, self.backtest_kwargs = self._parse_config(self.config)
 
     def list(self) -> list[str]:
@@ -379,7 +404,7 @@ class PortAnaRecord(RecordTemp):
             "benchmark": bt.get("benchmark"),
             "start_time": bt.get("start_time"),
             "end_time": bt.get("end_time"),
-            "signal_lag": int(bt.get("signal_lag", 1)),
+            "signal_lag": bt.get("signal_lag", DEFAULT_SIGNAL_LAG),
             **ex,
         }
         return skw, kwargs
@@ -404,39 +429,14 @@ class PortAnaRecord(RecordTemp):
             task = None
         return open_data(handler_data(task))
 
-    def _prices(self, pred: pd.DataFrame) -> tuple[Any, Any]:
-        """(price panel, benchmark) for the backtest."""
-        bench = self.backtest_kwargs["benchmark"]
-        if isinstance(self.data, (pd.DataFrame, pd.Series)):
-            return self.data, bench
-        source = self._source()
-        deal = str(self.backtest_kwargs["deal_price"]).lstrip("$").lower()
-        if deal not in source.available_fields():
-            raise ConfigError(
-                f"the data has no {deal!r} field ({', '.join(source.available_fields())})",
-                "config.backtest.exchange_kwargs.deal_price",
-            )
-        dates = pred.index.get_level_values(0)
-        cal = source.calendar()
-        end_pos = min(int(cal.searchsorted(dates.max(), side="right")), len(cal) - 1)
-        start = dates.min()
-        insts = sorted(pred.index.get_level_values(-1).unique())
-        panel = source.load(insts, start, cal[end_pos], fields=[deal, "volume"])
-        if isinstance(bench, str) and bench not in insts:
-            try:
-                b = source.load([bench], start, cal[end_pos], fields=[deal])
-            except Exception as e:
-                raise ConfigError(
-                    f"benchmark {bench!r} cannot be loaded from the data: {e}",
-                    "config.backtest.benchmark",
-                ) from e
-            if b.empty:
-                raise ConfigError(f"benchmark {bench!r} has no data", "config.backtest.benchmark")
-            close = b[deal].droplevel(-1).astype("float64")
-            bench = close.pct_change(fill_method=None).dropna()
-        return panel, bench
-
     # --- run ----------------------------------------------------------------------------------
+    #: where each backtest setting is written in a PortAnaRecord config (for error messages)
+    _PATHS = {
+        **{k: f"config.strategy.kwargs.{k}" for k in ("topk", "n_drop", "risk_degree")},
+        **{k: f"config.backtest.exchange_kwargs.{k}" for k in _EXCHANGE_DEFAULTS},
+        "ann_scaler": "ann_scaler",
+    }
+
     def generate(self, **kwargs: Any) -> None:
         if self.skip_existing:
             present = set(self.recorder.list_artifacts(self.artifact_path))
@@ -447,10 +447,10 @@ class PortAnaRecord(RecordTemp):
             pred = signal if isinstance(signal, pd.DataFrame) else signal.to_frame("score")
         else:
             pred = self.load("pred.pkl")
-        prices, bench = self._prices(pred)
-        bt_kwargs = {k: v for k, v in self.backtest_kwargs.items() if k != "benchmark"}
-        report = topk_dropout_backtest(pred, prices, benchmark=bench, **bt_kwargs)
-        analysis = self.analyse(report, self.ann_scaler)
+        source = self.data if isinstance(self.data, (pd.DataFrame, pd.Series)) else self._source()
+        settings = {**self.backtest_kwargs, "ann_scaler": self.ann_scaler}
+        result = run_backtest(pred, source, settings, "config.backtest", self._PATHS)
+        report, analysis = result["report"], result["analysis"]
         metrics: dict[str, float] = {}
         for (key, metric), row in analysis.iterrows():
             metrics[f"1day.{key}.{metric}"] = float(row["risk"])
@@ -458,17 +458,18 @@ class PortAnaRecord(RecordTemp):
         metrics["1day.turnover"] = float(report["turnover"].mean())
         metrics["1day.cost"] = float(report["cost"].mean())
         self.recorder.log_metrics(**{k: v for k, v in metrics.items() if np.isfinite(v)})
+        self.recorder.set_tags(
+            **{
+                "alphamill.port_analysis.ann_scaler": f"{result['ann_scaler']:g}",
+                "alphamill.port_analysis.timing": result["timing"],
+            }
+        )
         self.save(**{"report_normal_1day.pkl": report, "port_analysis_1day.pkl": analysis})
 
     @staticmethod
-    def analyse(report: pd.DataFrame, ann_scaler: int = 252) -> pd.DataFrame:
+    def analyse(report: pd.DataFrame, ann_scaler: float = ANN_SCALER) -> pd.DataFrame:
         """Risk analysis of the excess returns (rows (series, metric); simple and compounded)."""
-        parts = {}
-        for key in ("excess_return_without_cost", "excess_return_with_cost"):
-            simple = risk_analysis(report[key], N=ann_scaler, mode="sum")["risk"]
-            compounded = risk_analysis(report[key], N=ann_scaler, mode="product")["risk"]
-            parts[key] = pd.DataFrame({"risk": simple, "risk_compounded": compounded})
-        return pd.concat(parts, names=["series", "metric"])
+        return analyse(report, ann_scaler)
 
 
 def _data_spec_of(dataset: Any) -> Any:

@@ -14,10 +14,12 @@ and derives:
   own stored prediction and label) and the run id;
 * ``summary`` - the same four figures for each merged signal;
 * ``daily_ic`` - the daily IC and Rank IC of the headline signal;
-* ``backtest`` - the top-k dropout backtest (:mod:`alphamill.backtest`, PortAnaRecord's
-  defaults) of each merged signal, with the annualised return, information ratio and maximum
+* ``backtest`` - the top-k dropout backtest of each merged signal, run as ``PortAnaRecord``
+  runs it (:mod:`alphamill.workflow.port_analysis`: same defaults, each signal traded at the
+  next close, annualised with Qlib's 238 trading days unless ``collect: backtest:`` sets
+  ``signal_lag`` / ``ann_scaler``), with the annualised return, information ratio and maximum
   drawdown of the excess return with and without cost, simple (``sum``) and compounded
-  (``product``);
+  (``product``); ``backtest_settings`` says the timing and scaler used;
 * ``selection()`` - with several signals, their ranking by the deflated Sharpe ratio, the
   probability of backtest overfitting and a paired IC test against a baseline, counting every
   variant tried (:mod:`alphamill.workflow.selection`);
@@ -110,6 +112,10 @@ class ExperimentResults:
         self.labels = {k: _label(v) for k, v in labels.items()}
         self.run_ids = dict(run_ids or {})
         self.ensemble = ensemble
+        if backtest is not None:
+            from alphamill.workflow.port_analysis import check_settings
+
+            backtest = check_settings(backtest)
         self.backtest_kwargs = None if backtest is None else dict(backtest)
         self.ic_window = ic_window
         self.label_delay = label_delay
@@ -273,6 +279,32 @@ class ExperimentResults:
         return pd.concat(frames)
 
     @property
+    def backtest_settings(self) -> dict[str, Any] | None:
+        """The timing and annualisation the backtest tables used: ``{"timing", "signal_lag",
+        "ann_scaler"}`` (None without a backtest)."""
+        if self.backtest_kwargs is None:
+            return None
+        from alphamill.backtest import DEFAULT_SIGNAL_LAG, timing
+        from alphamill.evaluate import ANN_SCALER
+
+        lag = int(self.backtest_kwargs.get("signal_lag", DEFAULT_SIGNAL_LAG))
+        return {"timing": timing(lag), "signal_lag": lag,
+                "ann_scaler": float(self.backtest_kwargs.get("ann_scaler", ANN_SCALER))}
+
+    def backtest_caption(self) -> str | None:
+        """One line for the backtest tables: ``top-k dropout; signals traded at the next close;
+        annualised with 238 trading days``."""
+        s = self.backtest_settings
+        if s is None:
+            return None
+        return f"top-k dropout; {s['timing']}; annualised with {s['ann_scaler']:g} trading days a year"
+
+    def backtest_report(self, signal: str | None = None) -> pd.DataFrame | None:
+        """The daily backtest report of a merged signal (default: the headline)."""
+        bt = self._backtests.get(signal or self.headline)
+        return None if bt is None else bt["report"]
+
+    @property
     def excess_return(self) -> pd.DataFrame | None:
         """Daily excess return of the headline signal, without and with cost."""
         bt = self._backtests.get(self.headline)
@@ -320,6 +352,7 @@ class ExperimentResults:
             windows=windows,
             daily_ic=self.daily_ic,
             backtest_summary=bt,
+            backtest_caption=self.backtest_caption(),
             excess_return=self.excess_return,
             selection=None if sel is None else sel.table,
             selection_notes=None if sel is None else sel.lines(),
@@ -351,6 +384,7 @@ class ExperimentResults:
             "windows": records(self.windows),
             "backtest": records(self.backtest),
             "selection": None if self.selection() is None else self.selection().to_dict(),
+            "backtest_settings": self.backtest_settings,
         }
 
     def to_json(self) -> str:
@@ -361,39 +395,31 @@ BACKTEST_SERIES = ("excess_return_without_cost", "excess_return_with_cost")
 BACKTEST_METRICS = ("annualized_return", "information_ratio", "max_drawdown")
 
 
-def _run_backtest(pred: pd.DataFrame, data: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Top-k dropout backtest of one signal (PortAnaRecord's defaults: topk 50, n_drop 5,
-    costs 0.0005 / 0.0015, min cost 5, deal at close, equal-weight benchmark).
+def _run_backtest(pred: pd.DataFrame, data: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Top-k dropout backtest of one signal through
+    :func:`~alphamill.workflow.port_analysis.run_backtest`, as ``PortAnaRecord`` runs it: its
+    defaults (topk 50, n_drop 5, costs 0.0005 / 0.0015, min cost 5, deal at close,
+    equal-weight benchmark, each signal traded at the next close, annualised with 238 days)
+    unless ``settings`` (``collect: backtest:``) say otherwise.
 
-    Returns ``{"summary": DataFrame, "excess": DataFrame, "report": DataFrame}``; the summary
-    has rows ``(series, metric)`` and columns ``simple`` / ``compounded``, plus the mean
-    daily turnover.
+    Returns ``{"summary", "excess", "report", "analysis", "ann_scaler", "signal_lag",
+    "timing"}``; the summary has rows ``(series, metric)`` and columns ``simple`` /
+    ``compounded`` (the analysis' ``risk`` / ``risk_compounded``), plus the mean daily turnover.
     """
-    from alphamill.backtest import topk_dropout_backtest
     from alphamill.data import open_data
-    from alphamill.evaluate import risk_analysis
+    from alphamill.workflow.port_analysis import run_backtest
 
-    kwargs = dict(kwargs)
-    n_periods = int(kwargs.pop("ann_scaler", 252))
-    dates = pred.index.get_level_values("datetime")
-    source = open_data(data)
-    cal = source.calendar()
-    end_pos = min(cal.searchsorted(dates.max(), side="right"), len(cal) - 1)
-    deal = str(kwargs.get("deal_price", "close")).lstrip("$").lower()
-    fields = [deal] + (["volume"] if "volume" in source.available_fields() else [])
-    insts = sorted(pred.index.get_level_values("instrument").unique())
-    prices = source.load(insts, dates.min(), cal[end_pos], fields=fields)
-    report = topk_dropout_backtest(pred, prices, **kwargs)
+    out = run_backtest(pred, open_data(data), settings)
+    report, analysis = out["report"], out["analysis"]
     rows = {}
     for series in BACKTEST_SERIES:
-        simple = risk_analysis(report[series], N=n_periods, mode="sum")["risk"]
-        compounded = risk_analysis(report[series], N=n_periods, mode="product")["risk"]
         for metric in BACKTEST_METRICS:
-            rows[(series, metric)] = {"simple": float(simple[metric]), "compounded": float(compounded[metric])}
+            row = analysis.loc[(series, metric)]
+            rows[(series, metric)] = {"simple": float(row["risk"]), "compounded": float(row["risk_compounded"])}
     turnover = float(report["turnover"].mean())
     rows[("turnover", "mean_daily")] = {"simple": turnover, "compounded": turnover}
     summary = pd.DataFrame.from_dict(rows, orient="index")
     summary.index = pd.MultiIndex.from_tuples(summary.index, names=["series", "metric"])
     excess = report[list(BACKTEST_SERIES)].rename(
         columns={"excess_return_without_cost": "without cost", "excess_return_with_cost": "with cost"})
-    return {"summary": summary, "excess": excess, "report": report}
+    return {**out, "summary": summary, "excess": excess}

@@ -311,7 +311,7 @@ def select(
     backtests = results._backtests
     sr_var = sr0 = float("nan")
     if backtests:
-        ann = float((results.backtest_kwargs or {}).get("ann_scaler", 252))
+        ann = results.backtest_settings["ann_scaler"]  # what the backtest table used
         series = {
             c: backtests[c]["report"][RETURN_BASIS].astype("float64").dropna() for c in signals
         }

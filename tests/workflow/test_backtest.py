@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from alphamill.backtest import _select, topk_dropout_backtest
 from alphamill.errors import ConfigError
+
+#: The hand computations below trade each day's signal at the close it is dated
+#: (``signal_lag=0``) to keep the arithmetic short; the default, next-close timing is tested
+#: in tests/workflow/test_backtest_timing.py.
+_same_close = functools.partial(topk_dropout_backtest, signal_lag=0)
 
 DAYS = pd.to_datetime(["2021-01-04", "2021-01-05", "2021-01-06", "2021-01-07"])
 PRICES = pd.DataFrame(
@@ -31,7 +38,7 @@ SCORES = {
 
 
 def test_topk1_by_hand() -> None:
-    out = topk_dropout_backtest(
+    out = _same_close(
         _pred(SCORES),
         PRICES,
         topk=1,
@@ -80,7 +87,7 @@ def test_topk1_by_hand() -> None:
 
 
 def test_min_cost_is_in_currency() -> None:
-    out = topk_dropout_backtest(
+    out = _same_close(
         _pred(SCORES),
         PRICES,
         topk=1,
@@ -98,7 +105,7 @@ def test_min_cost_is_in_currency() -> None:
     assert out["cost"].iloc[1] == pytest.approx((5 + 5) / acct1)  # buy fee 1.04 < 5 too
     assert out["return"].iloc[1] == pytest.approx(buy_b * 0.1 / acct1)
     # the same trades on a 100x larger account: proportional fees dominate
-    big = topk_dropout_backtest(
+    big = _same_close(
         _pred(SCORES),
         PRICES,
         topk=1,
@@ -120,7 +127,7 @@ def test_topk2_selection_and_turnover() -> None:
         days[0]: {"A": 4.0, "B": 3.0, "C": 2.0, "D": 1.0},  # buy A, B
         days[1]: {"A": 1.0, "B": 4.0, "C": 3.0, "D": 2.0},  # drop A (worst of A,B,C), buy C
     }
-    out = topk_dropout_backtest(
+    out = _same_close(
         _pred(scores),
         prices,
         topk=2,
@@ -161,7 +168,7 @@ def test_select_rules() -> None:
 def test_halted_instruments_cannot_trade() -> None:
     prices = PRICES.copy()
     prices.loc[DAYS[1], "A"] = np.nan  # A halted on day 1: cannot be sold
-    out = topk_dropout_backtest(
+    out = _same_close(
         _pred(SCORES),
         prices,
         topk=1,
@@ -182,7 +189,7 @@ def test_halted_instruments_cannot_trade() -> None:
     # B halted on day 1: cannot be bought, the cash stays
     prices = PRICES.copy()
     prices.loc[DAYS[1], "B"] = np.nan
-    out = topk_dropout_backtest(
+    out = _same_close(
         _pred(SCORES),
         prices,
         topk=1,
@@ -199,7 +206,7 @@ def test_halted_instruments_cannot_trade() -> None:
     long.index.names = ["datetime", "instrument"]
     long["volume"] = 100.0
     long.loc[(DAYS[0], "A"), "volume"] = 0.0
-    out = topk_dropout_backtest(_pred(SCORES), long, topk=1, n_drop=1, account=1000.0, min_cost=0.0)
+    out = _same_close(_pred(SCORES), long, topk=1, n_drop=1, account=1000.0, min_cost=0.0)
     assert out["n_holdings"].iloc[0] == 0
 
 
@@ -213,43 +220,43 @@ def test_signal_lag_and_last_day() -> None:
     assert lagged["return"].iloc[0] == pytest.approx(0.0)  # A flat 11 -> 11
     assert lagged.attrs["dropped_last_day"] == "2021-01-07"
     # an end_time before the last day: nothing dropped
-    cut = topk_dropout_backtest(
+    cut = _same_close(
         _pred(SCORES), PRICES, topk=1, n_drop=1, account=1000.0, end_time="2021-01-05"
     )
     assert list(cut.index) == list(DAYS[:2]) and cut.attrs["dropped_last_day"] is None
     # only the last day predicted: nothing can be backtested
     with pytest.raises(ConfigError, match="next-day price"):
-        topk_dropout_backtest(_pred({DAYS[3]: SCORES[DAYS[3]]}), PRICES, topk=1)
+        _same_close(_pred({DAYS[3]: SCORES[DAYS[3]]}), PRICES, topk=1)
 
 
 def test_benchmarks_and_inputs() -> None:
     bench = pd.Series([0.0, 0.01, 0.02, 0.03], index=DAYS)  # return up to each date
-    out = topk_dropout_backtest(_pred(SCORES), PRICES, topk=1, benchmark=bench)
+    out = _same_close(_pred(SCORES), PRICES, topk=1, benchmark=bench)
     assert out["bench"].tolist() == pytest.approx([0.01, 0.02, 0.03])
-    out = topk_dropout_backtest(_pred(SCORES), PRICES, topk=1, benchmark="C")
+    out = _same_close(_pred(SCORES), PRICES, topk=1, benchmark="C")
     assert out["bench"].tolist() == pytest.approx([0.1, 5 / 5.5 - 1, 0.0])
     with pytest.raises(ConfigError, match="SH000300"):
-        topk_dropout_backtest(_pred(SCORES), PRICES, topk=1, benchmark="SH000300")
+        _same_close(_pred(SCORES), PRICES, topk=1, benchmark="SH000300")
     with pytest.raises(ConfigError, match="no benchmark return"):
-        topk_dropout_backtest(_pred(SCORES), PRICES, topk=1, benchmark=bench.iloc[:2])
+        _same_close(_pred(SCORES), PRICES, topk=1, benchmark=bench.iloc[:2])
     # a long (datetime, instrument) panel with a "$close" column gives the same result
     long = PRICES.stack().rename("$close").to_frame()
     long.index.names = ["datetime", "instrument"]
-    a = topk_dropout_backtest(_pred(SCORES), long, topk=1, deal_price="$close")
-    b = topk_dropout_backtest(_pred(SCORES), PRICES, topk=1)
+    a = _same_close(_pred(SCORES), long, topk=1, deal_price="$close")
+    b = _same_close(_pred(SCORES), PRICES, topk=1)
     pd.testing.assert_frame_equal(a, b)
     with pytest.raises(ConfigError, match="'vwap'"):
-        topk_dropout_backtest(_pred(SCORES), long, topk=1, deal_price="vwap")
+        _same_close(_pred(SCORES), long, topk=1, deal_price="vwap")
     with pytest.raises(ConfigError, match="not in the price calendar"):
-        topk_dropout_backtest(_pred({pd.Timestamp("2021-02-01"): {"A": 1.0}}), PRICES)
+        _same_close(_pred({pd.Timestamp("2021-02-01"): {"A": 1.0}}), PRICES)
     with pytest.raises(ConfigError, match="topk"):
-        topk_dropout_backtest(_pred(SCORES), PRICES, topk=0)
+        _same_close(_pred(SCORES), PRICES, topk=0)
     frame = _pred(SCORES).to_frame("score")
-    pd.testing.assert_frame_equal(topk_dropout_backtest(frame, PRICES, topk=1), b)
+    pd.testing.assert_frame_equal(_same_close(frame, PRICES, topk=1), b)
 
 
 def test_trade_unit_and_limit() -> None:
-    out = topk_dropout_backtest(
+    out = _same_close(
         _pred(SCORES),
         PRICES,
         topk=1,
@@ -262,7 +269,7 @@ def test_trade_unit_and_limit() -> None:
     )
     # 950 at price 10 in lots of 10 shares (100 currency): 900
     assert out["turnover"].iloc[0] == pytest.approx(0.9)
-    out = topk_dropout_backtest(
+    out = _same_close(
         _pred(SCORES),
         PRICES,
         topk=1,

@@ -11,6 +11,8 @@ from scipy import stats
 
 from alphamill.errors import ConfigError
 from alphamill.evaluate import (
+    ANN_SCALER,
+    ann_scaler_of,
     calc_ic,
     calc_long_short_return,
     ic_summary,
@@ -107,11 +109,62 @@ def test_long_short() -> None:
     assert out.loc[D1, "long"] == pytest.approx(long)
     assert out.loc[D1, "short"] == pytest.approx(short)
     assert out.loc[D1, "long_short"] == pytest.approx((long - short) / 2)
-    assert out.loc[D1, "long_avg"] == pytest.approx(long - np.mean(labels))
+    assert out.loc[D1, "long_minus_avg"] == pytest.approx(long - np.mean(labels))
     ls, avg = calc_long_short_return(pred, label)
     assert ls[D1] == pytest.approx((long - short) / 2) and avg[D1] == pytest.approx(np.mean(labels))
     with pytest.raises(ConfigError, match="quantile"):
         long_short_returns(pred, label, quantile=0.7)
+
+
+def _qlib_long_short(pred: pd.Series, label: pd.Series, quantile: float = 0.2):
+    """Qlib 0.9.7's definition written out with pandas: union of the two indexes, k counted
+    over every row of the day, ``nlargest`` / ``nsmallest`` on the prediction, label means
+    skipping NaN."""
+    df = pd.DataFrame({"pred": pred, "label": label})
+    long, short = {}, {}
+    for day, x in df.groupby(level="datetime"):
+        k = int(len(x) * quantile)
+        long[day] = x.nlargest(k, columns="pred")["label"].mean()
+        short[day] = x.nsmallest(k, columns="pred")["label"].mean()
+    long, short = pd.Series(long), pd.Series(short)
+    return (long - short) / 2, df.groupby(level="datetime")["label"].mean()
+
+
+def test_long_short_counts_the_quantile_as_qlib_with_missing_values() -> None:
+    """A missing label still counts toward k and a missing prediction is never picked, as in
+    Qlib (a pairwise-complete count gives other quantiles and other figures)."""
+    rng = np.random.default_rng(5)
+    days = pd.bdate_range("2021-01-04", periods=30)
+    insts = [f"S{i:02d}" for i in range(23)]
+    idx = pd.MultiIndex.from_product([days, insts], names=["datetime", "instrument"])
+    pred = pd.Series(rng.normal(size=len(idx)), index=idx)
+    label = pd.Series(rng.normal(0.001, 0.02, size=len(idx)), index=idx)
+    label[rng.random(len(idx)) < 0.15] = np.nan  # halted next day: no label
+    pred[rng.random(len(idx)) < 0.05] = np.nan
+    pred = pred.drop(pred.index[:7])  # a few rows the model did not predict
+    ls, avg = calc_long_short_return(pred, label)
+    want_ls, want_avg = _qlib_long_short(pred, label)
+    np.testing.assert_allclose(ls.to_numpy(), want_ls.to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(avg.to_numpy(), want_avg.to_numpy(), rtol=1e-12)
+    assert list(ls.index) == list(want_ls.index)
+
+
+def test_risk_analysis_defaults_to_qlibs_daily_scaler() -> None:
+    r = pd.Series([0.01, -0.02, 0.03, 0.005])
+    assert ANN_SCALER == 238 and ann_scaler_of("day") == 238 and ann_scaler_of("1day") == 238
+    assert ann_scaler_of("week") == 50 and ann_scaler_of("month") == 12
+    assert ann_scaler_of("5min") == 240 * 238 / 5
+    res = risk_analysis(r)["risk"]
+    assert res["annualized_return"] == pytest.approx(r.mean() * 238)
+    assert res["information_ratio"] == pytest.approx(r.mean() / r.std() * math.sqrt(238))
+    assert risk_analysis(r, freq="week")["risk"]["annualized_return"] == pytest.approx(
+        r.mean() * 50
+    )
+    for bad in (0, -1, float("nan"), "252", True):
+        with pytest.raises(ConfigError, match="N"):
+            risk_analysis(r, N=bad)
+    with pytest.raises(ConfigError, match="freq"):
+        risk_analysis(r, freq="fortnight")
 
 
 def test_risk_analysis_sum_mode() -> None:

@@ -10,7 +10,13 @@ import pytest
 
 from alphamill.backtest import topk_dropout_backtest
 from alphamill.errors import ConfigError
-from alphamill.evaluate import calc_ic, ic_summary, risk_analysis
+from alphamill.evaluate import (
+    calc_ic,
+    calc_long_short_return,
+    ic_summary,
+    long_short_returns,
+    risk_analysis,
+)
 from alphamill.workflow.record_temp import (
     DATA_TAG,
     PortAnaRecord,
@@ -124,7 +130,23 @@ def test_records_end_to_end(exp_name: str) -> None:
         assert metrics[key] == pytest.approx(value)
     assert metrics["IC"] > 0.3  # the fake model is informative
     pd.testing.assert_series_equal(rec.load_object("sig_analysis/ic.pkl"), ic.rename("ic"))
-    assert "Long-Short Ann Return" in metrics and "Long-Avg Ann Sharpe" in metrics
+    # Qlib's names mean Qlib's figures (annualised with SigAnaRecord's 252): "Long-Avg" is the
+    # plain average label return of each day; alphamill's top-minus-average has its own name
+    lab = label["LABEL0"]
+    avg = lab.groupby(level="datetime").mean()
+    assert metrics["Long-Avg Ann Return"] == pytest.approx(avg.mean() * 252)
+    assert metrics["Long-Avg Ann Sharpe"] == pytest.approx(avg.mean() / avg.std() * np.sqrt(252))
+    ls, qlib_avg = calc_long_short_return(pred["score"], lab)
+    pd.testing.assert_series_equal(qlib_avg, avg, check_names=False)
+    assert metrics["Long-Short Ann Return"] == pytest.approx(ls.mean() * 252)
+    assert metrics["Long-Short Ann Sharpe"] == pytest.approx(ls.mean() / ls.std() * np.sqrt(252))
+    top = long_short_returns(pred["score"], lab)["long"]
+    assert metrics["Long-Minus-Avg Ann Return"] == pytest.approx((top - avg).mean() * 252)
+    assert metrics["Long-Minus-Avg Ann Return"] != pytest.approx(metrics["Long-Avg Ann Return"])
+    stored_avg = rec.load_object("sig_analysis/long_avg_r.parquet")
+    np.testing.assert_allclose(stored_avg.to_numpy().ravel(), avg.to_numpy())
+    assert "sig_analysis/long_minus_avg_r.parquet" in arts
+    assert rec.list_tags()["alphamill.sig_analysis.ann_scaler"] == "252"
 
     report = rec.load_object("portfolio_analysis/report_normal_1day.pkl")
     expected = topk_dropout_backtest(
@@ -136,8 +158,9 @@ def test_records_end_to_end(exp_name: str) -> None:
     assert report.index[-1] == DAYS[-2]
     ana = rec.load_object("portfolio_analysis/port_analysis_1day.pkl")
     assert list(ana.columns) == ["risk", "risk_compounded"]
-    simple = risk_analysis(report["excess_return_with_cost"], N=252)["risk"]
-    compounded = risk_analysis(report["excess_return_with_cost"], N=252, mode="product")["risk"]
+    # annualised as Qlib's PortAnaRecord does for daily returns: 238 trading days
+    simple = risk_analysis(report["excess_return_with_cost"], N=238)["risk"]
+    compounded = risk_analysis(report["excess_return_with_cost"], N=238, mode="product")["risk"]
     for m in ("annualized_return", "information_ratio", "max_drawdown"):
         assert metrics[f"1day.excess_return_with_cost.{m}"] == pytest.approx(simple[m])
         assert metrics[f"1day.excess_return_with_cost.compounded.{m}"] == pytest.approx(
