@@ -2,7 +2,7 @@
 
 Full run: the 300-instrument demo market, the flagship task (LightGBM on Alpha158, first window
 train 2010-2014 / valid 2015 / test from 2016-01-01) with SignalRecord only, rolled yearly
-(``RollingGen(step=250, rtype=ROLL_SD, trunc_days=2)``) through 2020-12-31: five years of
+(``RollingGen(step=250, rtype=ROLL_SD, trunc_days=3)``) through 2020-12-31: five years of
 online serving with one retraining per window. ``--small``: the 30-instrument market of the
 tests (2010-2012, test 2012 in windows of 100 days).
 

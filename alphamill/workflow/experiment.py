@@ -6,7 +6,7 @@ plus alphamill's sections::
     experiment: rolling_lgb          # MLflow experiment (default: the file's stem)
     task: {model: ..., dataset: ..., record: [...]}
     generators:                      # applied in the order written (cartesian product)
-      rolling: {step: 250, rtype: sliding, trunc_days: 2, embargo: 0, test_end: 2020-12-31}
+      rolling: {step: 250, rtype: sliding, trunc_days: 3, embargo: 0, test_end: 2020-12-31}
       grid: {model.kwargs.learning_rate: [0.05, 0.2]}
       multi_horizon: {horizons: [1, 5], label_leak_n: 2}
     pool: {url: null, name: rolling_lgb}   # default: the embedded SQLite pool, name = experiment
@@ -746,14 +746,14 @@ def flagship_config(small: bool = False, data: str | None = None) -> dict[str, A
         span = ("2010-01-01", "2012-12-31")
         segments = {"train": ["2010-01-01", "2011-06-30"], "valid": ["2011-07-01", "2011-12-31"],
                     "test": ["2012-01-01", "2012-12-31"]}
-        rolling = {"step": 100, "rtype": "sliding", "trunc_days": 2}
+        rolling = {"step": 100, "rtype": "sliding", "trunc_days": 3}
         name, topk, n_drop = "rolling_lgb_alpha158_small", 10, 2
     else:
         model = dict(FLAGSHIP_LGB)
         span = ("2010-01-01", "2020-12-31")
         segments = {"train": ["2010-01-01", "2014-12-31"], "valid": ["2015-01-01", "2015-12-31"],
                     "test": ["2016-01-01", "2020-12-31"]}
-        rolling = {"step": 250, "rtype": "sliding", "trunc_days": 2, "test_end": "2020-12-31"}
+        rolling = {"step": 250, "rtype": "sliding", "trunc_days": 3, "test_end": "2020-12-31"}
         name, topk, n_drop = "rolling_lgb_alpha158", 50, 5
     handler_kwargs: dict[str, Any] = {
         "instruments": "all",

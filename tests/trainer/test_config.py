@@ -51,6 +51,22 @@ def test_flagship_windows():
     validate_tasks(tasks)
 
 
+def test_flagship_training_labels_end_before_the_test_window():
+    """Alpha158's label reads the close two days ahead: with trunc_days = 2 + 1 (Qlib's rule,
+    ``TimeAdjuster.truncate``) no train/valid label of any window uses a test-period price."""
+    from alphamill.features.alpha158 import DEFAULT_LABEL_EXPR
+
+    assert DEFAULT_LABEL_EXPR == "Ref($close, -2)/Ref($close, -1) - 1"
+    lookahead = 2
+    for cfg in (load_config(EXAMPLES / "rolling.yaml"), load_config(EXAMPLES / "grid_lr_loss.yaml")):
+        for t in build_tasks(cfg, calendar=CALENDAR):
+            segs = t["dataset"]["kwargs"]["segments"]
+            test_start = CALENDAR.searchsorted(pd.Timestamp(segs["test"][0]))
+            for key in ("train", "valid"):
+                last = CALENDAR.searchsorted(pd.Timestamp(segs[key][1]))
+                assert last + lookahead < test_start, (key, segs)
+
+
 def test_grid_and_multi_horizon_examples():
     grid = build_tasks(load_config(EXAMPLES / "grid_lr_loss.yaml"), calendar=CALENDAR)
     assert len(grid) == 12
