@@ -35,7 +35,7 @@ from alphamill.evaluate import (
     ic_summary,
     long_short_returns,
 )
-from alphamill.workflow.port_analysis import analyse, run_backtest
+from alphamill.workflow.port_analysis import analyse, check_settings, run_backtest
 from alphamill.workflow.recorder import ArtifactNotFound, Recorder
 
 __all__ = ["PortAnaRecord", "RecordTemp", "SigAnaRecord", "SignalRecord"]
@@ -318,6 +318,8 @@ class PortAnaRecord(RecordTemp):
         self.dataset = dataset
         self.data = data
         self.strategy_kwargs, self.backtest_kwargs = self._parse_config(self.config)
+        # the timing and the benchmark's form are checked now, not after the model is fitted
+        check_settings(self.backtest_kwargs, "config.backtest", self._PATHS)
 
     def list(self) -> list[str]:
         return ["report_normal_1day.parquet", "port_analysis_1day.parquet"]

@@ -245,3 +245,13 @@ def test_bad_backtest_settings_are_refused_before_anything_runs(backtest: dict, 
     with pytest.raises(ConfigError) as e:
         parse_config(raw)
     assert e.value.path == field
+
+
+def test_port_ana_record_checks_timing_and_benchmark_when_built() -> None:
+    with pytest.raises(ConfigError) as e:
+        PortAnaRecord(None, config={"backtest": {"signal_lag": 2}})
+    assert e.value.path == "config.backtest.signal_lag"
+    with pytest.raises(ConfigError) as e:
+        PortAnaRecord(None, config={"backtest": {"benchmark": 300}})
+    assert e.value.path == "config.backtest.benchmark"
+    assert PortAnaRecord(None).backtest_kwargs["signal_lag"] == DEFAULT_SIGNAL_LAG
