@@ -13,12 +13,17 @@ Accepted forms of ``config`` (as in Qlib's ``init_instance_by_config``):
 Security: a task definition may come from a shared pool, so importing by name is
 limited to trusted modules: names under ``alphamill``, ``lightgbm`` and ``sklearn``,
 plus the prefixes in ``ALPHAMILL_TRUSTED_MODULES`` (comma separated), those given to
-:func:`trust_module_prefix`, and ``trusted_modules`` (a list) in the config file. The
+:func:`trust_module_prefix`, and ``trusted_modules`` (a list) in the config file. Private
+modules and names (a part starting with ``_``) are never imported, nor the test suites a
+trusted package ships (``tests``, ``test_*``, ``conftest`` below the trusted prefix). The
 object found must itself be defined in a trusted module (a trusted module re-exporting
-``os.system`` does not make it trusted). A ``.py`` file is loaded only if it lies under
-a trusted directory: those in ``ALPHAMILL_TRUSTED_PATHS`` (``os.pathsep`` separated; the
-current working directory when unset), ``trusted_paths`` in the config file, or given to
-:func:`trust_path`. Pickle files (``file:///x.pkl`` configs in Qlib) are refused.
+``os.system`` does not make it trusted). A ``.py`` file is loaded only if it lies under a
+directory trusted explicitly: those in ``ALPHAMILL_TRUSTED_PATHS`` (``os.pathsep``
+separated), ``trusted_paths`` in the config file, or given to :func:`trust_path`. Pickle
+files (``file:///x.pkl`` configs in Qlib) are refused.
+
+Every place of a task passes ``kind=`` (:mod:`alphamill.kinds`): the object found must be
+of that kind (a model class at ``task.model``, ...), checked before it is called.
 
 Every error is a :class:`~alphamill.errors.ConfigError` naming the dotted path at fault
 (``task.model``, ``task.model.module_path``, ``task.model.kwargs.loss``). Callers that
@@ -41,10 +46,12 @@ from types import ModuleType
 from typing import Any
 
 from alphamill.errors import ConfigError
+from alphamill.kinds import Kind
 
 __all__ = [
     "init_instance_by_config",
     "get_callable_kwargs",
+    "resolve_callable",
     "get_module_by_module_path",
     "split_module_path",
     "trust_module_prefix",
@@ -106,9 +113,13 @@ def trusted_module_prefixes(include_config_file: bool = True) -> tuple[str, ...]
 
 
 def trusted_paths() -> tuple[Path, ...]:
-    """Directories whose ``.py`` files may be loaded (env var or cwd, API, config file)."""
-    env = os.environ.get("ALPHAMILL_TRUSTED_PATHS")
-    base = [p for p in env.split(os.pathsep) if p] if env is not None else [os.getcwd()]
+    """Directories whose ``.py`` files may be loaded (env var, API, config file).
+
+    None by default, not even the working directory: a task naming a script that lies
+    there would run it.
+    """
+    env = os.environ.get("ALPHAMILL_TRUSTED_PATHS", "")
+    base = [p for p in env.split(os.pathsep) if p]
     dirs = [Path(p).expanduser().resolve() for p in [*base, *_config_list("trusted_paths")]]
     return tuple(dict.fromkeys([*dirs, *_extra_paths]))
 
@@ -123,7 +134,48 @@ def _is_trusted_module(name: str) -> bool:
     )
 
 
-def _check_module_trusted(name: str, path: str) -> None:
+_TEST_PARTS = frozenset({"tests", "test", "testing", "conftest"})
+
+
+def _test_part(name: str) -> str | None:
+    """The first part of module ``name``, below the longest trusted prefix that admits it,
+    that belongs to a test suite (``tests``, ``test_x``, ``_testing``, ``conftest``)."""
+    parts = name.split(".")
+    admitting = [len(p.split(".")) for p in trusted_module_prefixes() if _under(name, (p,))]
+    for part in parts[max(admitting, default=len(parts)) :]:
+        bare = part.strip("_")
+        if bare in _TEST_PARTS or bare.startswith("test_"):
+            return part
+    return None
+
+
+def _expects(kind: Kind | None, place: str) -> str:
+    return f"; {kind.expects(place)}" if kind is not None else ""
+
+
+def _check_module_name(name: str, path: str, kind: Kind | None = None, place: str = "") -> None:
+    """Refuse, before anything is imported: malformed, private, untrusted and test modules."""
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        raise ConfigError(f"expected a dotted module name such as 'pkg.mod', got {name!r}", path)
+    private = next((part for part in parts if part.startswith("_")), None)
+    if private is not None:
+        raise ConfigError(
+            f"module {name!r} is private ({private!r} starts with '_'): a task may only name "
+            "public modules" + _expects(kind, place),
+            path,
+        )
+    _check_module_trusted(name, path, _expects(kind, place))
+    test = _test_part(name)
+    if test is not None:
+        raise ConfigError(
+            f"module {name!r} is part of a test suite ({test!r}): a task may only name library "
+            "modules" + _expects(kind, place),
+            path,
+        )
+
+
+def _check_module_trusted(name: str, path: str, expects: str = "") -> None:
     if not _is_trusted_module(name):
         prefix = name.split(".")[0]
         try:
@@ -132,11 +184,12 @@ def _check_module_trusted(name: str, path: str) -> None:
         except (ImportError, ValueError):
             missing = True
         if missing:
-            raise ConfigError(f"module {name!r} not found (no package {prefix!r})", path)
+            raise ConfigError(f"module {name!r} not found (no package {prefix!r}){expects}", path)
         raise ConfigError(
             f"module {name!r} is not trusted (trusted prefixes: "
             f"{', '.join(trusted_module_prefixes())}); "
-            + _HOW_TO_TRUST_MODULE.format(prefix=prefix),
+            + _HOW_TO_TRUST_MODULE.format(prefix=prefix)
+            + expects,
             path,
         )
 
@@ -159,6 +212,8 @@ def _load_py_file(file: str, path: str) -> ModuleType:
             + _HOW_TO_TRUST_PATH.format(dir=str(p.parent), sep=os.pathsep),
             path,
         )
+    if p.name.startswith("_"):
+        raise ConfigError(f"python file {p} is private (its name starts with '_')", path)
     mtime = p.stat().st_mtime
     cached = _file_modules.get(p)
     if cached is not None and cached[0] == mtime:
@@ -184,6 +239,15 @@ def get_module_by_module_path(
     module_path: str | ModuleType | os.PathLike[str], path: str = "task.module_path"
 ) -> ModuleType:
     """Import a trusted dotted module or load a trusted ``.py`` file (Qlib's helper)."""
+    return _module(module_path, path)
+
+
+def _module(
+    module_path: str | ModuleType | os.PathLike[str],
+    path: str,
+    kind: Kind | None = None,
+    place: str = "",
+) -> ModuleType:
     if isinstance(module_path, ModuleType):
         return module_path
     if isinstance(module_path, os.PathLike):
@@ -194,7 +258,7 @@ def get_module_by_module_path(
         )
     if module_path.endswith(".py"):
         return _load_py_file(module_path, path)
-    _check_module_trusted(module_path, path)
+    _check_module_name(module_path, path, kind, place)
     try:
         return importlib.import_module(module_path)
     except ModuleNotFoundError as e:
@@ -209,12 +273,40 @@ def get_module_by_module_path(
         ) from e
 
 
+def _check_defined_in(obj: Any, label: str, module: ModuleType, path: str, expects: str) -> None:
+    """The object must come from a trusted module, and not from a test suite's helpers."""
+    defined_in = getattr(obj, "__module__", None)
+    if not isinstance(defined_in, str) or defined_in == module.__name__:
+        return
+    if module.__name__.startswith("alphamill_file_") and defined_in.startswith("alphamill_file_"):
+        return
+    if not _is_trusted_module(defined_in):
+        raise ConfigError(
+            f"{label} is defined in module {defined_in!r}, which is not trusted; "
+            + _HOW_TO_TRUST_MODULE.format(prefix=defined_in.split(".")[0])
+            + expects,
+            path,
+        )
+    test = _test_part(defined_in)
+    if test is not None:
+        raise ConfigError(
+            f"{label} is defined in {defined_in!r}, part of a test suite ({test!r}), not a "
+            "library" + expects,
+            path,
+        )
+
+
 def _resolve_name(
-    name: str, module_path: Any, default_module: Any, path: str, name_path: str
+    name: str,
+    module_path: Any,
+    default_module: Any,
+    path: str,
+    name_path: str,
+    kind: Kind | None = None,
 ) -> Any:
     m_path, attr = split_module_path(name)
     if m_path:
-        module = get_module_by_module_path(m_path, name_path)
+        module = _module(m_path, name_path, kind, path)
     else:
         source = module_path if module_path is not None else default_module
         if source is None:
@@ -223,9 +315,14 @@ def _resolve_name(
                 path,
             )
         mp_path = f"{path}.module_path" if module_path is not None else path
-        module = get_module_by_module_path(source, mp_path)
+        module = _module(source, mp_path, kind, path)
     if not attr or not attr.isidentifier():
         raise ConfigError(f"expected a class name such as 'pkg.mod.Class', got {name!r}", name_path)
+    label = f"{module.__name__}.{attr}"
+    if attr.startswith("_"):
+        raise ConfigError(
+            f"{label} is private (its name starts with '_')" + _expects(kind, path), name_path
+        )
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -235,29 +332,37 @@ def _resolve_name(
         raise ConfigError(f"module {module.__name__!r} has no {attr!r}{hint}", name_path) from None
     if not callable(obj):
         raise ConfigError(
-            f"{module.__name__}.{attr} is a {type(obj).__name__}, expected a class or function",
+            f"{label} is a {type(obj).__name__}, expected a class or function"
+            + _expects(kind, path),
             name_path,
         )
-    defined_in = getattr(obj, "__module__", None)
-    file_loaded = module.__name__.startswith("alphamill_file_")
-    if (
-        isinstance(defined_in, str)
-        and defined_in != module.__name__
-        and not (file_loaded and defined_in.startswith("alphamill_file_"))
-        and not _is_trusted_module(defined_in)
-    ):
-        raise ConfigError(
-            f"{module.__name__}.{attr} is defined in module {defined_in!r}, which is not "
-            "trusted; " + _HOW_TO_TRUST_MODULE.format(prefix=defined_in.split(".")[0]),
-            name_path,
-        )
+    _check_defined_in(obj, label, module, name_path, _expects(kind, path))
+    if kind is not None:
+        kind.check(obj, label, path, name_path)
     return obj
 
 
+def resolve_callable(
+    config: Any,
+    kind: Kind,
+    default_module: str | ModuleType | None = None,
+    path: str = "task",
+) -> Any:
+    """The class (or declared function) ``config`` names, checked to be of ``kind``; nothing
+    is called. Everything a task builds goes through this check."""
+    return get_callable_kwargs(config, default_module=default_module, path=path, kind=kind)[0]
+
+
 def get_callable_kwargs(
-    config: Any, default_module: str | ModuleType | None = None, path: str = "task"
+    config: Any,
+    default_module: str | ModuleType | None = None,
+    path: str = "task",
+    kind: Kind | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Resolve ``config`` to ``(callable, kwargs)`` without calling it (Qlib's helper)."""
+    """Resolve ``config`` to ``(callable, kwargs)`` without calling it (Qlib's helper).
+
+    With ``kind``, the callable must be of that kind (see :mod:`alphamill.kinds`).
+    """
     if isinstance(config, dict):
         if "class" in config:
             key = "class"
@@ -272,10 +377,10 @@ def get_callable_kwargs(
         target = config[key]
         if isinstance(target, str):
             _callable = _resolve_name(
-                target, config.get("module_path"), default_module, path, f"{path}.{key}"
+                target, config.get("module_path"), default_module, path, f"{path}.{key}", kind
             )
         elif callable(target):
-            _callable = target
+            _callable = _checked(target, kind, path, f"{path}.{key}")
         else:
             raise ConfigError(
                 f"expected a class name string or a class, got {type(target).__name__}",
@@ -300,14 +405,22 @@ def get_callable_kwargs(
                 "supported; give a {'class', 'module_path', 'kwargs'} config instead",
                 path,
             )
-        return _resolve_name(config, None, default_module, path, path), {}
+        return _resolve_name(config, None, default_module, path, path, kind), {}
     if isinstance(config, type) or callable(config):
-        return config, {}
+        return _checked(config, kind, path, path), {}
     raise ConfigError(
         "expected a {'class': ..., 'module_path': ..., 'kwargs': {...}} dict, a "
         f"'pkg.mod.Class' string or a class, got {type(config).__name__}",
         path,
     )
+
+
+def _checked(obj: Any, kind: Kind | None, place: str, path: str) -> Any:
+    """A class object given directly (from Python, never from JSON) is held to its kind too."""
+    if kind is not None:
+        label = getattr(obj, "__qualname__", None) or repr(obj)
+        kind.check(obj, label, place, path)
+    return obj
 
 
 def _binds(sig: inspect.Signature | None, kwargs: dict[str, Any]) -> TypeError | None:
@@ -336,9 +449,12 @@ def init_instance_by_config(
     try_kwargs: dict[str, Any] | None = None,
     default_module: str | ModuleType | None = None,
     path: str = "task",
+    kind: Kind | None = None,
     **kwargs: Any,
 ) -> Any:
     """Build the object described by ``config`` (see the module docstring).
+
+    ``kind`` (every place of a task gives one) is checked on the class before it is called.
 
     ``try_kwargs`` are passed only if the constructor accepts all of them (Qlib retries
     without them on ``TypeError``; here the signature is checked first when it can be
@@ -349,7 +465,9 @@ def init_instance_by_config(
         return config
     if isinstance(config, Path):
         config = str(config)
-    klass, cls_kwargs = get_callable_kwargs(config, default_module=default_module, path=path)
+    klass, cls_kwargs = get_callable_kwargs(
+        config, default_module=default_module, path=path, kind=kind
+    )
     name = getattr(klass, "__qualname__", None) or repr(klass)
     for k in kwargs:
         if k in cls_kwargs:

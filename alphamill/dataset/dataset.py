@@ -58,12 +58,14 @@ class DatasetH(Dataset):
                 f"{self.path}.handler",
             )
         from alphamill.instance import init_instance_by_config
+        from alphamill.kinds import HANDLER
 
         return init_instance_by_config(
             dict(handler),
             accept_types=DataHandlerLP,
             default_module="alphamill.dataset",
             path=f"{self.path}.handler",
+            kind=HANDLER,
         )
 
     def _parse_segments(self, segments: Any) -> dict[str, tuple[pd.Timestamp | None, ...]]:

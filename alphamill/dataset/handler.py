@@ -268,8 +268,9 @@ class DataHandlerLP(DataHandler):
                         )
             return procs.build_processor(config, where=where, **window)
         from alphamill.instance import init_instance_by_config
+        from alphamill.kinds import PROCESSOR
 
-        return init_instance_by_config(config, try_kwargs=window, path=where)
+        return init_instance_by_config(config, try_kwargs=window, path=where, kind=PROCESSOR)
 
     def setup_data(self, data: pd.DataFrame) -> None:
         """Install raw data (trimmed to [start_time, end_time]), then fit and apply processors."""

@@ -9,7 +9,6 @@ model without knowing its type.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import tempfile
@@ -23,8 +22,6 @@ from alphamill.errors import ConfigError
 
 METADATA_FILE = "model.json"
 MODEL_PATH = "task.model.kwargs"
-#: Modules a saved model's class may come from (the metadata names it; nothing else is imported).
-TRUSTED_MODEL_MODULES = ("alphamill.model",)
 
 
 class Model:
@@ -132,16 +129,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _model_class(meta: dict[str, Any], path: Any) -> type[Model]:
-    module = str(meta["module_path"])
-    if not any(module == m or module.startswith(m + ".") for m in TRUSTED_MODEL_MODULES):
-        raise ConfigError(
-            f"refusing to load model class from untrusted module {module!r}",
-            str(Path(path) / METADATA_FILE),
-        )
-    klass = getattr(importlib.import_module(module), str(meta["class"]), None)
-    if not (isinstance(klass, type) and issubclass(klass, Model)):
-        raise ConfigError(f"{module}.{meta['class']} is not a model class", str(path))
-    return klass
+    """The class ``model.json`` names, under the rules of a task's model (trusted, public, a
+    subclass of :class:`Model`), checked before anything is built from it."""
+    from alphamill.instance import resolve_callable
+    from alphamill.kinds import MODEL
+
+    config = {"class": str(meta["class"]), "module_path": str(meta["module_path"])}
+    file = str(Path(path) / METADATA_FILE)
+    try:
+        return resolve_callable(config, MODEL, path="model.json")
+    except ConfigError as e:
+        raise ConfigError(str(e), file) from None
 
 
 def write_json_atomic(file: Path, obj: Any) -> None:

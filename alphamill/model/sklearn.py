@@ -6,6 +6,7 @@ joblib files are pickles: load them only from an experiment store you trust.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,13 @@ class SklearnModel(Model):
         self.estimator_config = estimator if isinstance(estimator, dict) else None
         if isinstance(estimator, dict):
             from alphamill.instance import init_instance_by_config
+            from alphamill.kinds import ESTIMATOR
 
             estimator = init_instance_by_config(
-                estimator, default_module="sklearn.linear_model", path=f"{MODEL_PATH}.estimator"
+                estimator,
+                default_module="sklearn.linear_model",
+                path=f"{MODEL_PATH}.estimator",
+                kind=ESTIMATOR,
             )
         elif isinstance(estimator, str):
             raise ConfigError(
@@ -71,7 +76,7 @@ class SklearnModel(Model):
             klass = type(self.estimator)
             est = {
                 "class": klass.__name__,
-                "module_path": klass.__module__,
+                "module_path": _public_module(klass),
                 "kwargs": {k: v for k, v in self.estimator.get_params(deep=False).items()},
             }
         return {"estimator": _jsonable(est), "include_valid": self.include_valid}
@@ -135,6 +140,21 @@ class SklearnModel(Model):
             self.estimator = joblib.load(file)
         except (OSError, EOFError, ValueError) as e:
             raise ConfigError(f"cannot read the saved estimator: {e}", str(file)) from None
+
+
+def _public_module(klass: type) -> str:
+    """The nearest public module exporting ``klass`` (``sklearn.linear_model`` for ``Ridge``,
+    defined in ``sklearn.linear_model._ridge``), so the saved config can be built again
+    under the rules of a task, which never name a private module."""
+    parts = klass.__module__.split(".")
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        if any(p.startswith("_") for p in parts[:i]):
+            continue
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, klass.__name__, None) is klass:
+            return name
+    return klass.__module__
 
 
 def _jsonable(value: Any) -> Any:

@@ -198,6 +198,7 @@ class PredUpdater:
 
     def _raw(self, days: pd.DatetimeIndex) -> pd.DataFrame:
         from alphamill.instance import init_instance_by_config
+        from alphamill.kinds import HANDLER
 
         cfg = self._handler_config()
         kwargs = dict(cfg.get("kwargs") or {})
@@ -206,7 +207,7 @@ class PredUpdater:
                       learn_processors=[])
         cfg["kwargs"] = kwargs
         handler = init_instance_by_config(cfg, default_module="alphamill.dataset",
-                                          path="task.dataset.kwargs.handler")
+                                          path="task.dataset.kwargs.handler", kind=HANDLER)
         raw = handler.fetch(slice(None, None), col_set="__raw", data_key="raw")
         return raw[raw.index.get_level_values("datetime").isin(days)]
 

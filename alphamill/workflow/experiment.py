@@ -476,7 +476,8 @@ def build_tasks(cfg: RunConfig, calendar: Sequence[Any] | None = None) -> list[d
 def validate_tasks(tasks: Sequence[dict[str, Any]]) -> None:
     """Check what can be checked cheaply before anything is stored: classes resolve, the model
     accepts its kwargs, record classes exist. Data is not loaded."""
-    from alphamill.instance import get_callable_kwargs, init_instance_by_config
+    from alphamill import kinds
+    from alphamill.instance import init_instance_by_config, resolve_callable
     from alphamill.model.base import Model
 
     seen: set[str] = set()
@@ -486,13 +487,13 @@ def validate_tasks(tasks: Sequence[dict[str, Any]]) -> None:
             continue
         seen.add(key)
         init_instance_by_config(task["model"], accept_types=Model, default_module="alphamill.model",
-                                path="task.model")
-        get_callable_kwargs(task["dataset"], default_module="alphamill.dataset", path="task.dataset")
+                                path="task.model", kind=kinds.MODEL)
+        resolve_callable(task["dataset"], kinds.DATASET, "alphamill.dataset", "task.dataset")
         handler = task["dataset"].get("kwargs", {}).get("handler")
         if isinstance(handler, dict):
-            get_callable_kwargs(handler, default_module="alphamill.dataset", path="task.dataset.kwargs.handler")
+            resolve_callable(handler, kinds.HANDLER, "alphamill.dataset", "task.dataset.kwargs.handler")
         for i, rec in enumerate(task.get("record") or []):
-            get_callable_kwargs(rec, default_module="alphamill.workflow.record_temp", path=f"task.record.{i}")
+            resolve_callable(rec, kinds.RECORD, "alphamill.workflow.record_temp", f"task.record.{i}")
 
 
 def validate_data(tasks: Sequence[dict[str, Any]]) -> None:

@@ -135,7 +135,7 @@ def test_sklearn_instance_and_unfitted_errors(dataset, tmp_path):
         m.save(tmp_path / "x")
     m.fit(dataset).save(tmp_path / "x")
     assert json.loads((tmp_path / "x" / "model.json").read_text())["kwargs"]["estimator"] == {
-        "class": "Ridge", "module_path": "sklearn.linear_model._ridge",
+        "class": "Ridge", "module_path": "sklearn.linear_model",
         "kwargs": {**Ridge(alpha=0.5).get_params(deep=False)},
     }
     pd.testing.assert_series_equal(load_model(tmp_path / "x").predict(dataset), m.predict(dataset))
@@ -143,8 +143,15 @@ def test_sklearn_instance_and_unfitted_errors(dataset, tmp_path):
 
 def test_load_model_refuses_untrusted_class(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"class": "Popen", "module_path": "subprocess"}))
-    with pytest.raises(ConfigError, match="untrusted module"):
+    with pytest.raises(ConfigError, match="'subprocess' is not trusted") as e:
         load_model(tmp_path)
+    assert e.value.path == str(tmp_path / "model.json")
+    for meta, words in (({"class": "trust_path", "module_path": "alphamill.instance"}, "not a class"),
+                        ({"class": "Ridge", "module_path": "sklearn.linear_model"}, "not a subclass"),
+                        ({"class": "X", "module_path": "alphamill.model._x"}, "private")):
+        (tmp_path / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match=words):
+            load_model(tmp_path)
     with pytest.raises(ConfigError, match="model.json is missing"):
         load_model(tmp_path / "nothing")
 

@@ -215,8 +215,17 @@ def _write_module(directory, name="user_model.py"):
     return f
 
 
-def test_py_file_module_path_in_cwd(tmp_path):
+def test_py_file_needs_an_explicitly_trusted_directory(tmp_path, monkeypatch):
+    """Not even the working directory is trusted by default: a task naming a script that
+    lies there would run it."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "make_report.py"
+    script.write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    with pytest.raises(ConfigError, match="not under a trusted directory"):
+        init_instance_by_config({"class": "X", "module_path": "make_report.py"}, path="task.model")
+    assert not marker.exists()
     f = _write_module(tmp_path / "models")
+    monkeypatch.setenv("ALPHAMILL_TRUSTED_PATHS", ".")
     obj = init_instance_by_config(
         {"class": "UserModel", "module_path": str(f), "kwargs": {"alpha": 2.0}}
     )
@@ -224,6 +233,9 @@ def test_py_file_module_path_in_cwd(tmp_path):
     # relative path, loaded once and reused while unchanged
     again = init_instance_by_config({"class": "UserModel", "module_path": "models/user_model.py"})
     assert type(again) is type(obj)
+    (tmp_path / "models" / "_hidden.py").write_text("class UserModel:\n    pass\n")
+    with pytest.raises(ConfigError, match="private"):
+        init_instance_by_config({"class": "UserModel", "module_path": "models/_hidden.py"})
 
 
 def test_py_file_outside_trusted_dirs_is_refused(tmp_path, monkeypatch):
@@ -250,7 +262,8 @@ def test_trusted_paths_env_replaces_cwd(tmp_path, monkeypatch):
     assert init_instance_by_config({"class": "UserModel", "module_path": str(g)}).alpha == 1.0
 
 
-def test_py_file_errors(tmp_path):
+def test_py_file_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALPHAMILL_TRUSTED_PATHS", str(tmp_path))
     with pytest.raises(ConfigError, match="does not exist"):
         init_instance_by_config({"class": "X", "module_path": "missing.py"})
     bad = tmp_path / "bad.py"
