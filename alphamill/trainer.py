@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from alphamill.errors import AlphamillError, ConfigError
+from alphamill.kinds import task_function
 from alphamill.task.status import DONE, FAILED, PART_DONE, RUNNING, WAITING
 
 logger = logging.getLogger("alphamill.trainer")
@@ -112,11 +114,26 @@ def _spec_of(func: Callable[..., Any] | str) -> str:
 
 
 def _load(spec: Callable[..., Any] | str) -> Callable[..., Any]:
+    """The train function a trainer was given, imported again in a worker process.
+
+    It is named by the training program itself (``TrainerR(train_func=...)``), never by a
+    task or a pool row, so it is imported as named; a worker's own task function is held to
+    the stricter rule of :func:`alphamill.task.worker.load_func`.
+    """
     if callable(spec):
         return spec
-    from alphamill.task.worker import load_func
-
-    return load_func(spec)
+    module, sep, name = spec.partition(":")
+    if not sep:
+        module, _, name = spec.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"cannot import {spec!r}: {e}", "train_func") from None
+    if not callable(obj):
+        raise ConfigError(f"{spec!r} is not callable", "train_func")
+    return obj
 
 
 def _experiment_of(task: Any, experiment_name: str | None) -> str:
@@ -174,6 +191,7 @@ def _stderr_console() -> Any:
 # -- worker-side functions --------------------------------------------------------------------
 
 
+@task_function
 def pool_train(
     task_or_result: dict[str, Any],
     experiment_name: str | None = None,
@@ -209,6 +227,7 @@ def pool_train(
     return _to_ref(rec)
 
 
+@task_function
 def pool_begin_train(task: dict[str, Any], experiment_name: str | None = None) -> dict[str, str]:
     """Stage one of delayed training for a pool task: record it, return the reference.
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from alphamill.errors import ConfigError
+from alphamill.kinds import task_function
 
 N_STOCKS = 60
 N_FEATURES = 5
@@ -40,6 +41,7 @@ def _segment(task: dict[str, Any], key: str) -> pd.DatetimeIndex:
     return pd.bdate_range(start, end)
 
 
+@task_function
 def demo_train(task: dict[str, Any], **_: Any) -> dict[str, Any]:
     """Fit ridge on the train segment; return the mean daily rank IC on the test segment."""
     alpha = float(task.get("model", {}).get("kwargs", {}).get("alpha", 1.0))
@@ -64,6 +66,7 @@ def demo_train(task: dict[str, Any], **_: Any) -> dict[str, Any]:
     }
 
 
+@task_function
 def noop(task: Any, **_: Any) -> None:
     """Do nothing: measures the pool's own overhead (``alphamill worker --func ...:noop``)."""
     return None

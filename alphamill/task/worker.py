@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Any
 
 from alphamill import threads
@@ -49,7 +48,13 @@ DEFAULT_GRACE = 30.0
 
 
 def load_func(spec: str) -> Callable[..., Any]:
-    """Import ``module:function`` (``module.function`` also accepted); errors name the spec."""
+    """The worker's task function ``module:function`` (``module.function`` also accepted).
+
+    A worker runs whatever its pool holds, so the function it applies must be declared for
+    that: defined in a trusted public module and decorated with
+    :func:`alphamill.kinds.task_function` (``alphamill.trainer:pool_train`` is). The module
+    is checked before it is imported. Errors name the spec.
+    """
     if callable(spec):
         return spec
     if not isinstance(spec, str) or not spec.strip():
@@ -62,18 +67,10 @@ def load_func(spec: str) -> Callable[..., Any]:
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # like `python -m`: the project's own modules are importable
-    try:
-        mod = import_module(module)
-    except ImportError as e:
-        raise ConfigError(f"cannot import module {module!r} of {spec!r}: {e}", "func") from None
-    obj: Any = mod
-    for part in name.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ConfigError(f"module {module!r} has no attribute {name!r}", "func")
-    if not callable(obj):
-        raise ConfigError(f"{spec!r} is not callable", "func")
-    return obj
+    from alphamill.instance import resolve_callable
+    from alphamill.kinds import TASK_FUNCTION
+
+    return resolve_callable(f"{module}.{name}", TASK_FUNCTION, path="func")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Any
 
 from alphamill.dataset import Dataset, fill_placeholder
 from alphamill.errors import ConfigError
+from alphamill.kinds import task_function
 from alphamill.memory import release_memory
 from alphamill.model.base import Model
 
@@ -147,22 +148,29 @@ def _log_task_info(rec: Any, task_config: Mapping[str, Any], stage: str) -> None
 
 
 def _build(task_config: Mapping[str, Any]) -> tuple[Model, Dataset]:
+    from alphamill import kinds
     from alphamill.instance import init_instance_by_config
 
     model = init_instance_by_config(
-        task_config["model"], accept_types=Model, default_module="alphamill.model", path="task.model"
+        task_config["model"],
+        accept_types=Model,
+        default_module="alphamill.model",
+        path="task.model",
+        kind=kinds.MODEL,
     )
     dataset = init_instance_by_config(
         task_config["dataset"],
         accept_types=Dataset,
         default_module="alphamill.dataset",
         path="task.dataset",
+        kind=kinds.DATASET,
     )
     return model, dataset
 
 
 def _exe_task(task_config: Mapping[str, Any]) -> None:
     """Fit and record inside the active run (Qlib's ``_exe_task``)."""
+    from alphamill import kinds
     from alphamill.instance import init_instance_by_config
     from alphamill.workflow.recorder import R
 
@@ -201,6 +209,7 @@ def _exe_task(task_config: Mapping[str, Any]) -> None:
             default_module="alphamill.workflow.record_temp",
             try_kwargs={"model": model, "dataset": dataset},
             path=f"task.record.{i}",
+            kind=kinds.RECORD,
             recorder=rec,
         )
         r.generate()
@@ -208,6 +217,7 @@ def _exe_task(task_config: Mapping[str, Any]) -> None:
                      "memory.process_peak_rss_mb": process_peak_rss_mb()})
 
 
+@task_function
 def task_train(
     task_config: dict, experiment_name: str, recorder_name: str | None = None
 ) -> Any:
@@ -226,6 +236,7 @@ def task_train(
         release_memory()
 
 
+@task_function
 def begin_task_train(
     task_config: dict, experiment_name: str, recorder_name: str | None = None
 ) -> Any:
@@ -240,6 +251,7 @@ def begin_task_train(
         return R.get_recorder()
 
 
+@task_function
 def end_task_train(rec: Any, experiment_name: str) -> Any:
     """Stage two: reload the task recorded by :func:`begin_task_train`, fit and record.
 

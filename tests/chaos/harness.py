@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alphamill.kinds import task_function
+
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER_ENV = "AM_CHAOS_LEDGER"
 
@@ -80,6 +82,7 @@ def _lease() -> dict[str, Any]:
     }
 
 
+@task_function
 def chaos_task(task_def: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Sleep the task's ``sleep`` seconds between a ``start`` and an ``end`` ledger entry."""
     lease = _lease()
@@ -94,6 +97,7 @@ def chaos_task(task_def: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     return {"n": task_def.get("n"), **lease}
 
 
+@task_function
 def noop_task(task_def: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """The cheapest task that still proves who ran it (for the throughput benchmark)."""
     lease = _lease()
@@ -275,6 +279,9 @@ class ChaosRun:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env[LEDGER_ENV] = str(self.ledger)
+        # the workers' task functions live here: a worker imports only trusted modules
+        trusted = [p for p in env.get("ALPHAMILL_TRUSTED_MODULES", "").split(",") if p]
+        env["ALPHAMILL_TRUSTED_MODULES"] = ",".join(dict.fromkeys([*trusted, "tests.chaos.harness"]))
         return env
 
     def start_worker(self, args: list[str] | None = None) -> Worker:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from alphamill.cli import main
 from alphamill.config import redact_url
+from alphamill.kinds import task_function
 from tests.pool.conftest import (
     PG_URL,
     REQUIRE_PG,
@@ -39,6 +40,7 @@ def with_password(url: str, pw: str = PW) -> str:
     return f"{scheme}://{userinfo.split(':')[0]}:{pw}@{host}"
 
 
+@task_function
 def fail_odd(task_def, **kwargs):
     """A task function that fails for odd n (its traceback is stored and logged)."""
     if task_def["n"] % 2:
@@ -122,7 +124,7 @@ def test_unreachable_or_bad_urls_are_redacted(url, fast_fail, caplog, capfd):
 
     caplog.set_level(logging.DEBUG)
     seen = []
-    for args in (["task_stat"], ["list"], ["doctor", "--json"], ["worker", "--func", "json:dumps"],
+    for args in (["task_stat"], ["list"], ["doctor", "--json"], ["worker", "--func", "alphamill.task.demo_funcs:noop"],
                  ["create", "nothing.yaml"]):
         res = CliRunner().invoke(main, ["-t", "red", "--url", url, *args])
         assert res.exit_code != 0

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import time
 
+from alphamill.kinds import task_function
 
+
+@task_function
 def noop(task_def, **kwargs):
     """Return the task's number: the cheapest possible task."""
     return {"n": task_def.get("n")}
 
 
+@task_function
 def ledger(task_def, **kwargs):
     """Append ``n pid start end`` to the ledger file named in the environment, return pid."""
     start = time.time()
@@ -28,6 +32,7 @@ def ledger(task_def, **kwargs):
     return {"n": task_def.get("n"), "pid": os.getpid()}
 
 
+@task_function
 def mark_start_then_sleep(task_def, **kwargs):
     """Write ``start n pid`` to the ledger, then sleep (a task to be killed mid-way)."""
     path = os.environ["AM_TEST_LEDGER"]
@@ -39,6 +44,7 @@ def mark_start_then_sleep(task_def, **kwargs):
     return {"n": task_def.get("n"), "pid": os.getpid()}
 
 
+@task_function
 def fail_if_asked(task_def, **kwargs):
     """Raise for tasks marked ``fail``; succeed otherwise."""
     if task_def.get("fail"):
@@ -46,16 +52,19 @@ def fail_if_asked(task_def, **kwargs):
     return {"n": task_def.get("n")}
 
 
+@task_function
 def pid(task_def, **kwargs):
     """Return the pid that ran the task (to check force_release uses a child)."""
     return {"pid": os.getpid(), "kw": kwargs}
 
 
+@task_function
 def second_stage(prev, **kwargs):
     """Second stage of two-stage training: receives the stored part_done result."""
     return {"stage": 2, "prev": prev}
 
 
+@task_function
 def first_stage(task_def, **kwargs):
     return {"stage": 1, "n": task_def.get("n")}
 
@@ -70,10 +79,12 @@ class Opaque:
         return isinstance(other, Opaque) and other.x == self.x
 
 
+@task_function
 def opaque(task_def, **kwargs):
     return Opaque(task_def.get("n"))
 
 
+@task_function
 def interrupt(task_def, **kwargs):
     raise KeyboardInterrupt
 
@@ -90,6 +101,7 @@ def create_same(url, pool, n, barrier, out_path):
         f.write("\n".join(ids))
 
 
+@task_function
 def env_and_share(task_def, **kwargs):
     """What a worker process sees: the environment variable the task names, and its share of
     the cores while it runs the task."""

@@ -102,7 +102,7 @@ def test_worker_accepts_pool_after_verb(tmp_path, pool):
         (["task_stat", "--query", '{"status": "nope"}'], "unknown status"),
         (["remove", '{"status": {"$regex": "x"}}'], "unsupported operator"),
         (["reset", "--query", "{"], "--query"),
-        (["worker", "--func", "no_such_module_q:f"], "cannot import"),
+        (["worker", "--func", "no_such_module_q:f"], "not found"),
         (["worker", "--query", "{bad"], "--query"),
         (["create", "missing.yaml"], "does not exist"),
     ],

@@ -81,13 +81,28 @@ def test_failing_task_and_two_stage(mem_url, pool):
 
 @pytest.mark.parametrize(
     "spec, match",
-    [("nocolon", "module:function"), ("no_such_mod_xyz:f", "cannot import"),
-     ("os:no_such_fn", "no attribute"), ("os:sep", "not callable"), ("", "module:function")],
+    [("nocolon", "module:function"), ("no_such_mod_xyz:f", "not found"),
+     ("alphamill.trainer:no_such_fn", "has no 'no_such_fn'"),
+     ("alphamill.trainer:POOL_TRAIN_FUNC", "is a str"), ("", "module:function"),
+     ("os.path:join", "not trusted"), ("alphamill.trainer:_load", "private"),
+     ("alphamill.trainer:TrainerR", "not a function"),
+     ("alphamill.instance:trust_module_prefix", "not declared a task function")],
 )
 def test_load_func_errors(spec, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match) as info:
         load_func(spec)
-    assert load_func("os.path:join") is os.path.join
+    assert info.value.path == "func"
+
+
+def test_load_func_accepts_declared_task_functions():
+    from alphamill.task.demo_funcs import demo_train
+    from alphamill.trainer import pool_begin_train, pool_train
+    from tests.task_manager import funcs
+
+    assert load_func("alphamill.trainer:pool_train") is pool_train
+    assert load_func("alphamill.trainer.pool_begin_train") is pool_begin_train
+    assert load_func("alphamill.task.demo_funcs:demo_train") is demo_train
+    assert load_func(NOOP) is funcs.noop
 
 
 def test_bad_settings_refused_before_work(mem_url, pool):
