@@ -21,6 +21,8 @@ however it was built: in any key order, in any process, with tuples or lists, wi
   is not a day in another. ``NaT`` raises;
 * ``pathlib`` paths become strings;
 * sets raise (their order is not defined and they usually hide a mistake; pass a list);
+* what no task store can hold raises (:mod:`alphamill.limits`): text with U+0000 or a lone
+  surrogate, integers beyond 64 bits, nesting deeper than ``MAX_DEPTH`` levels;
 * anything else (objects, functions, classes, ``Decimal`` ...) raises.
 
 Every refusal is a :class:`~alphamill.errors.CanonicalError` naming the dotted path of
@@ -41,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from alphamill.errors import CanonicalError
+from alphamill.limits import MAX_DEPTH, int_problem, text_problem
 
 __all__ = ["canonicalize", "canonical_json", "task_hash", "iso_time"]
 
@@ -72,16 +75,28 @@ def _float(value: float, path: str) -> float:
 
 def canonicalize(obj: Any, path: str = "task") -> Any:
     """Return the canonical JSON-compatible form of ``obj`` (see the module docstring)."""
-    return _canon(obj, path, set())
+    return _canon(obj, path, set(), 0)
 
 
-def _canon(obj: Any, path: str, active: set[int]) -> Any:
+def _text(value: str, path: str) -> str:
+    why = text_problem(value)
+    if why:
+        raise CanonicalError(f"the text {why}", path)
+    return value
+
+
+def _canon(obj: Any, path: str, active: set[int], depth: int) -> Any:
     # Order matters: bool is an int, np.float64 is a float, pd.Timestamp is a datetime.
-    if obj is None or isinstance(obj, str):
+    if obj is None:
         return obj
+    if isinstance(obj, str):
+        return _text(obj, path)
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
+        why = int_problem(int(obj))
+        if why:
+            raise CanonicalError(why, path)
         return int(obj)
     if isinstance(obj, np.floating) and not isinstance(obj, np.float64):
         return _float(float(str(obj)), path)
@@ -90,7 +105,10 @@ def _canon(obj: Any, path: str, active: set[int]) -> Any:
     if isinstance(obj, (dt.date, np.datetime64)):
         return iso_time(obj, path)
     if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
+        return _text(os.fspath(obj), path)
+    nested = isinstance(obj, (Mapping, list, tuple)) or (isinstance(obj, np.ndarray) and obj.ndim > 0)
+    if nested and depth >= MAX_DEPTH:
+        raise CanonicalError(f"nested deeper than {MAX_DEPTH} levels", path)
     if isinstance(obj, Mapping):
         key = id(obj)
         if key in active:
@@ -102,7 +120,10 @@ def _canon(obj: Any, path: str, active: set[int]) -> Any:
                     raise CanonicalError(
                         f"mapping keys must be strings, got {type(k).__name__} key {k!r}", path
                     )
-            return {k: _canon(obj[k], f"{path}.{k}", active) for k in sorted(obj)}
+                why = text_problem(k)
+                if why:
+                    raise CanonicalError(f"the key {k!r} {why}", path)
+            return {k: _canon(obj[k], f"{path}.{k}", active, depth + 1) for k in sorted(obj)}
         finally:
             active.discard(key)
     if isinstance(obj, (list, tuple)):
@@ -111,13 +132,13 @@ def _canon(obj: Any, path: str, active: set[int]) -> Any:
             raise CanonicalError("cyclic reference (a list contains itself)", path)
         active.add(key)
         try:
-            return [_canon(v, f"{path}[{i}]", active) for i, v in enumerate(obj)]
+            return [_canon(v, f"{path}[{i}]", active, depth + 1) for i, v in enumerate(obj)]
         finally:
             active.discard(key)
     if isinstance(obj, np.ndarray):
         if obj.ndim == 0:
-            return _canon(obj[()], path, active)
-        return [_canon(v, f"{path}[{i}]", active) for i, v in enumerate(obj)]
+            return _canon(obj[()], path, active, depth)
+        return [_canon(v, f"{path}[{i}]", active, depth + 1) for i, v in enumerate(obj)]
     if isinstance(obj, (set, frozenset)):
         raise CanonicalError(
             f"a {type(obj).__name__} has no defined order; use a list instead", path

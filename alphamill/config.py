@@ -21,7 +21,6 @@ config file under the key ``mongo`` and becomes ``pool_url``.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +28,10 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from alphamill.errors import ConfigError
+from alphamill.redact import redact_url
+from alphamill.textfile import parse_yaml, read_text
+
+__all__ = ["get_setting", "mongo_url_with_db", "redact_url"]
 
 _ENV = {
     "home": "ALPHAMILL_HOME",
@@ -42,12 +45,13 @@ _ENV = {
 def _config_file() -> dict[str, Any]:
     path = os.environ.get("ALPHAMILL_CONFIG") or "alphamill.yaml"
     p = Path(path)
+    field = "ALPHAMILL_CONFIG" if os.environ.get("ALPHAMILL_CONFIG") else None
     if not p.exists():
-        if "ALPHAMILL_CONFIG" in os.environ:
-            raise ConfigError(f"config file {p} does not exist", "ALPHAMILL_CONFIG")
+        if field:
+            raise ConfigError(f"config file {p} does not exist", field)
         return {}
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = parse_yaml(read_text(p, field or "config file"), p, field) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse config file {p}: {e}") from None
     if not isinstance(data, dict):
@@ -90,13 +94,3 @@ def mongo_url_with_db(url: str, db: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + db, parts.query, parts.fragment))
 
 
-_PASSWORD_RE = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<post>@)")
-_PARAM_RE = re.compile(r"(?P<pre>[?&](?:password|pwd)=)(?P<pw>[^&\s]*)", re.IGNORECASE)
-
-
-def redact_url(text: str) -> str:
-    """Replace every password in URLs inside ``text`` by ``***`` (for logs, errors, repr)."""
-    if not text:
-        return text
-    text = _PASSWORD_RE.sub(lambda m: m.group("pre") + "***" + m.group("post"), str(text))
-    return _PARAM_RE.sub(lambda m: m.group("pre") + "***", text)

@@ -45,6 +45,7 @@ from typing import Any
 
 from alphamill.errors import AlphamillError, ConfigError
 from alphamill.kinds import task_function
+from alphamill.limits import check_jobs
 from alphamill.task.status import DONE, FAILED, PART_DONE, RUNNING, WAITING
 
 logger = logging.getLogger("alphamill.trainer")
@@ -444,8 +445,7 @@ class TrainerRM(Trainer):
         timeout: float | None = None,
     ):
         super().__init__()
-        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 0:
-            raise ConfigError(f"expected a non-negative integer, got {n_jobs!r}", "n_jobs")
+        check_jobs(n_jobs, "n_jobs", minimum=0)
         self.experiment_name = experiment_name
         self.task_pool = task_pool or experiment_name
         if not self.task_pool:

@@ -19,9 +19,12 @@ from typing import Any
 import click
 import yaml
 
+from alphamill.cli.common import Jobs, Seconds
 from alphamill.config import redact_url
 from alphamill.errors import ConfigError
+from alphamill.limits import INT32_MAX, INT32_MIN
 from alphamill.task.status import DONE, PART_DONE, STATUSES, WAITING
+from alphamill.textfile import parse_json, parse_yaml, read_text
 
 
 def _console():
@@ -36,6 +39,8 @@ def parse_json_arg(text: str | None, what: str) -> Any:
         return {}
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise ConfigError("nested too deeply to parse", what) from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"malformed JSON ({e.msg} at line {e.lineno} column {e.colno}): {text!r}", what) from None
     if not isinstance(value, dict):
@@ -48,12 +53,12 @@ def load_task_file(path: str) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"file {p} does not exist or is not a file", "create")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, "create")
     try:
         if p.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = parse_json(text, p, "create")
         else:
-            data = yaml.safe_load(text)
+            data = parse_yaml(text, p, "create")
     except json.JSONDecodeError as e:
         raise ConfigError(f"file {p}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except yaml.YAMLError as e:
@@ -129,17 +134,18 @@ def _short(value: Any, width: int = 60) -> str:
 
 @click.command("worker")
 @_pool_options(json_flag=False)
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes on this machine.")
+@click.option("--jobs", "-j", type=Jobs(), default=1, show_default=True,
+              help="Worker processes on this machine (at most 8 per core, at least 16).")
 @click.option("--query", "query_", default=None, help="Only tasks matching this JSON filter.")
 @click.option("--max-tasks", type=click.IntRange(min=1), default=None, help="Stop each process after N tasks.")
 @click.option("--until-empty", is_flag=True, help="Exit once nothing is waiting or running.")
 @click.option("--func", default=None, help="Task function module:function (default: alphamill.trainer:pool_train).")
-@click.option("--lease", type=click.FloatRange(min=0, min_open=True), default=None, help="Lease length in seconds.")
-@click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=None, help="Heartbeat interval in seconds.")
+@click.option("--lease", type=Seconds(positive=True), default=None, help="Lease length in seconds.")
+@click.option("--heartbeat", type=Seconds(positive=True), default=None, help="Heartbeat interval in seconds.")
 @click.option("--prefetch", default="auto", show_default=True,
               help="Tasks claimed per transaction: N, or auto (batches only for tasks under 50 ms).")
-@click.option("--grace", type=click.FloatRange(min=0), default=None, help="Seconds a running task may finish after SIGTERM.")
-@click.option("--retry-backoff", type=click.FloatRange(min=0), default=None, help="Base delay before retrying a failed task.")
+@click.option("--grace", type=Seconds(), default=None, help="Seconds a running task may finish after SIGTERM.")
+@click.option("--retry-backoff", type=Seconds(), default=None, help="Base delay before retrying a failed task.")
 @click.option("--from-status", type=click.Choice([WAITING, PART_DONE]), default=WAITING, show_default=True, help="Claim tasks of this status.")
 @click.option("--to-status", type=click.Choice([DONE, PART_DONE]), default=DONE, show_default=True, help="Status committed on success.")
 @click.option("--force-release", is_flag=True, help="Run every task in a fresh child process.")
@@ -189,8 +195,8 @@ def worker_cmd(pool, url, jobs, query_, max_tasks, until_empty, func, lease, hea
 @click.command("wait")
 @_pool_options()
 @click.option("--query", "query_", default=None, help="Only tasks matching this JSON filter.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Give up after S seconds (exit 1).")
-@click.option("--poll", type=click.FloatRange(min=0.01), default=1.0, show_default=True, help="Seconds between checks.")
+@click.option("--timeout", type=Seconds(), default=None, help="Give up after S seconds (exit 1).")
+@click.option("--poll", type=Seconds(minimum=0.01), default=1.0, show_default=True, help="Seconds between checks.")
 def wait_cmd(pool, url, as_json, query_, timeout, poll):
     """Wait until no matching task is waiting, running or part_done, with a progress bar."""
     query = parse_json_arg(query_, "--query")
@@ -319,7 +325,7 @@ def remove_cmd(pool, url, as_json, query_json, all_):
 @click.command("prioritize")
 @_pool_options()
 @click.argument("task_id")
-@click.argument("priority", type=int)
+@click.argument("priority", type=click.IntRange(INT32_MIN, INT32_MAX))
 def prioritize_cmd(pool, url, as_json, task_id, priority):
     """Set the priority of one task (higher runs first)."""
     with _manager(pool, url) as tm:
@@ -334,7 +340,8 @@ def prioritize_cmd(pool, url, as_json, task_id, priority):
 @_pool_options()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Only report how many tasks are new.")
-@click.option("--priority", type=int, default=0, show_default=True, help="Priority of the new tasks.")
+@click.option("--priority", type=click.IntRange(INT32_MIN, INT32_MAX), default=0, show_default=True,
+              help="Priority of the new tasks (a 32-bit integer; higher runs first).")
 def create_cmd(pool, url, as_json, file, dry_run, priority):
     """Create tasks from a YAML or JSON file (deduplicated on their content hash)."""
     defs = load_task_file(file)

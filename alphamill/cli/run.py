@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from alphamill.cli.common import Jobs
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -103,7 +105,7 @@ def run_and_print(cfg: Any, *, as_json: bool = False, fresh: bool = False, repor
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--pool", "pool_url", default=None, help="Pool store URL (default: the config's, else the embedded SQLite pool).")
 @click.option("-t", "--task-pool", "task_pool", default=None, help="Pool name (default: the config's, else the experiment name).")
-@click.option("--workers", "-j", type=click.IntRange(min=0), default=None, help="Local worker processes (0: external workers only).")
+@click.option("--workers", "-j", type=Jobs(minimum=0), default=None, help="Local worker processes (0: external workers only).")
 @click.option("--experiment", default=None, help="Experiment name (default: the config's, else the file name).")
 @click.option("--test-end", default=None, help="Last test date (the rolling generator's test_end, else the test segment's end).")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a config value, e.g. task.model.kwargs.learning_rate=0.1 (repeatable).")

@@ -22,7 +22,7 @@ from alphamill.errors import ConfigError
 #: Placeholders that stand for objects built while a task runs.
 OBJECT_PLACEHOLDERS = ("<MODEL>", "<DATASET>", "<PRED>")
 
-_PLACEHOLDER_RE = re.compile(r"^<([A-Za-z_][\w]*(?:\.[\w-]+)*)>$")
+_PLACEHOLDER_RE = re.compile(r"<([A-Za-z_][\w]*(?:\.[\w-]+)*)>")  # fullmatch: no newline
 
 
 def get_item_from_obj(config: Any, name_path: str, where: str = "task") -> Any:
@@ -56,7 +56,7 @@ def fill_placeholder(config: Any, config_dict: Mapping[str, Any] | None = None) 
             return objects[value]
         if value in OBJECT_PLACEHOLDERS:
             return value
-        m = _PLACEHOLDER_RE.match(value)
+        m = _PLACEHOLDER_RE.fullmatch(value)
         if not m:
             return value
         name = m.group(1)

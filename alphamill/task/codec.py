@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 from alphamill.errors import CanonicalError, ConfigError, PoolError
+from alphamill.limits import int_problem, json_needs_check, text_problem
 
 PICKLE_KEY_ENV = "ALPHAMILL_PICKLE_KEY"
 #: Largest task definition accepted, as canonical JSON: tasks describe work, data belongs in
@@ -57,8 +58,8 @@ def pickle_key(pool: str) -> bytes:
 
 def _canonicalize(obj: Any, path: str) -> Any:
     t = type(obj)
-    if obj is None or t is str or t is bool or t is int:  # the usual result: no work at all
-        return obj
+    if obj is None or t is bool or (t is str and obj.isascii() and "\x00" not in obj):
+        return obj  # the usual result: no work at all
     fast = plain_canonical(obj)
     if fast is not None:
         return fast[0]
@@ -104,17 +105,20 @@ def plain_canonical(obj: Any) -> tuple[Any, str] | None:
     The exceptions are checked here and sent down the full :mod:`alphamill.canonical` path,
     which applies its rules or names the faulty path: values ``json`` cannot encode (dates,
     numpy scalars other than float64, sets, NaN), non-string keys (``json`` would silently
-    turn them into strings) and ``-0.0``. The value is returned as given: the stores
+    turn them into strings), ``-0.0`` and values that may break a store's limits
+    (:mod:`alphamill.limits`). The value is returned as given: the stores
     serialise it to exactly this JSON.
     """
     t = type(obj)
-    if obj is None or t is str or t is bool or t is int:
+    if obj is None or t is bool or (t is int and int_problem(obj) is None) or (t is str and text_problem(obj) is None):
         return obj, json.dumps(obj, ensure_ascii=False)
     try:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return None
     if "-0.0" in text or (_SUSPECT_KEY.search(text) is not None and not _keys_are_strings(obj)):
+        return None
+    if json_needs_check(text):  # what no store can hold: the full path names it
         return None
     return obj, text
 

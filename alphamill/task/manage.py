@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from alphamill.config import get_setting, redact_url
 from alphamill.errors import CanonicalError, ConfigError, LeaseLost, PoolError, PoolUnavailable
+from alphamill.limits import check_int32, check_seconds
 from alphamill.task.backends import open_backend
 from alphamill.task.backends.base import (
     Backend,
@@ -61,7 +62,7 @@ DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_HEARTBEAT_INTERVAL = 60.0
 DEFAULT_RETRY_BACKOFF = 5.0
 MAX_RETRY_DELAY = 600.0
-#: Tasks per insert transaction in ``create_task``.
+#: Hashes per lookup when ``create_task`` counts new tasks in a dry run.
 INSERT_BATCH = 5000
 #: Statuses that mean "still to do" for ``wait``.
 UNDONE: tuple[str, ...] = (WAITING, RUNNING, PART_DONE)
@@ -260,7 +261,7 @@ class TaskManager:
                 f"between beats, got {self.heartbeat_interval:g}",
                 "heartbeat_interval",
             )
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        if check_int32(max_attempts, "max_attempts") < 1:
             raise ConfigError(f"expected a positive integer, got {max_attempts!r}", "max_attempts")
         self.max_attempts = max_attempts
         if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, (int, float)) or not (
@@ -434,13 +435,14 @@ class TaskManager:
     ) -> list[str]:
         """Store new tasks, deduplicated on their content hash; return every task's id.
 
-        Known tasks are not inserted again: their existing id is returned. Inserting is
-        batched, one transaction per batch, and race-free across processes. ``dry_run``
+        Known tasks are not inserted again: their existing id is returned. All or nothing:
+        every definition is checked first (errors name its index in ``task_def_l``), then
+        the whole list is stored in one transaction (SQL backends; MongoDB takes back what
+        it inserted), race-free across processes. ``dry_run``
         stores nothing and returns ``[]`` (Qlib's behaviour) after logging what is new;
         ``print_nt`` prints the new tasks.
         """
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ConfigError(f"expected an integer, got {priority!r}", "priority")
+        check_int32(priority, "priority")
         if isinstance(task_def_l, Mapping):
             raise ConfigError("expected a list of task definitions, got a single dict", "task_def_l")
         defs = list(task_def_l)
@@ -469,19 +471,11 @@ class TaskManager:
                     print(d)
             return []
         self._ensure()
-        ids: list[str] = []
-        n_new = 0
-        new_defs = []
-        for start in range(0, len(new), INSERT_BATCH):
-            batch = new[start : start + INSERT_BATCH]
-            with _gc_paused():
-                results = self.backend.insert_tasks(self.task_pool, batch)
-            for j, r in enumerate(results):
-                ids.append(r.id)
-                if r.created:
-                    n_new += 1
-                    if print_nt:
-                        new_defs.append(defs[start + j])
+        with _gc_paused():  # one call: the backend stores the whole list or nothing
+            results = self.backend.insert_tasks(self.task_pool, new)
+        ids = [r.id for r in results]
+        n_new = sum(r.created for r in results)
+        new_defs = [d for d, r in zip(defs, results, strict=True) if r.created] if print_nt else []
         self.last_new = n_new
         logger.info("Total Tasks: %d, New Tasks: %d", len(defs), n_new)
         for d in new_defs:
@@ -733,8 +727,7 @@ class TaskManager:
     def prioritize(self, task: Any, priority: int) -> None:
         """Set the priority of one task (a task dict or an id); higher runs first."""
         task_id = self._task_id(task)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ConfigError(f"expected an integer, got {priority!r}", "priority")
+        check_int32(priority, "priority")
         n = self.backend.set_priority(self.task_pool, parse_query({"_id": task_id}), priority) if self._pool_exists() else 0
         if not n:
             raise PoolError(f"task_pool {self.task_pool!r}: no task with id {task_id!r}")
@@ -756,6 +749,9 @@ class TaskManager:
         Raises :class:`TimeoutError` after ``timeout`` seconds.
         """
         parse_query(query or {})
+        poll_interval = check_seconds(poll_interval, "poll_interval", positive=True)
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout")
         start = time.monotonic()
         stat = self.task_stat(query)
         if not any(stat.get(s) for s in UNDONE):

@@ -44,12 +44,14 @@ Semantics of paths (JSON values), identical on every backend:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from alphamill.errors import QueryError
+from alphamill.limits import MAX_DEPTH, int_problem, text_problem
 from alphamill.task.status import STATUSES
 
 Target = Literal["field", "def", "meta"]
@@ -71,7 +73,7 @@ FIELDS: dict[str, frozenset[str]] = {
 }
 _FIELD_ALIASES = {"_id": "id"}
 _PREFIXES: dict[str, Target] = {"def": "def", "filter": "def", "meta": "meta"}
-PATH_COMPONENT_RE = re.compile(r"^(?!\d+$)[A-Za-z0-9_\-]{1,128}$")
+PATH_COMPONENT_RE = re.compile(r"(?!\d+\Z)[A-Za-z0-9_\-]{1,128}")  # used with fullmatch
 
 SUPPORTED = (
     "fields _id/id, status, hash, priority, attempts, def.<path>, filter.<path>, meta.<path>; "
@@ -130,7 +132,9 @@ def parse_query(q: Mapping[str, Any] | Query | None) -> Query:
     return Query(tuple(conditions))
 
 
-def _parse_into(q: Any, out: list[Condition], where: str) -> None:
+def _parse_into(q: Any, out: list[Condition], where: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise QueryError(f"{where}: $and nested deeper than {MAX_DEPTH} levels")
     if not isinstance(q, Mapping):
         raise QueryError(f"{where}: expected a dict (MongoDB-style filter), got {type(q).__name__}")
     for key, spec in q.items():
@@ -140,7 +144,7 @@ def _parse_into(q: Any, out: list[Condition], where: str) -> None:
             if not isinstance(spec, (list, tuple)):
                 raise QueryError(f"{where}.$and: expected a list of queries, got {type(spec).__name__}")
             for i, sub in enumerate(spec):
-                _parse_into(sub, out, f"{where}.$and[{i}]")
+                _parse_into(sub, out, f"{where}.$and[{i}]", depth + 1)
             continue
         if key.startswith("$"):
             raise QueryError(f"{where}: unsupported operator {key!r}; supported: {SUPPORTED}")
@@ -156,7 +160,7 @@ def _parse_field(key: str) -> tuple[Target, tuple[str, ...]]:
     if head in _PREFIXES and rest:
         parts = tuple(rest.split("."))
         for part in parts:
-            if not PATH_COMPONENT_RE.match(part):
+            if not PATH_COMPONENT_RE.fullmatch(part):
                 raise QueryError(
                     f"query field {key!r}: invalid path component {part!r}; components are "
                     "names of letters, digits, '_' or '-' (not all digits) that step into dicts"
@@ -204,8 +208,23 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _check_storable(where: str, v: Any) -> None:
+    """A value no store can hold cannot match anything; say so instead of failing in a driver."""
+    if isinstance(v, str):
+        why = text_problem(v)
+    elif isinstance(v, int) and not isinstance(v, bool):
+        why = int_problem(v)
+    elif isinstance(v, float) and not math.isfinite(v):
+        why = "NaN and infinities cannot be matched"
+    else:
+        why = None
+    if why:
+        raise QueryError(f"{where}: {why}")
+
+
 def _check_value(target: Target, path: tuple[str, ...], where: str, op: str, v: Any) -> Any:
     """Validate and normalise one query value for its field."""
+    _check_storable(where, v)
     if target == "field":
         name = path[0]
         if name == "id":

@@ -27,6 +27,7 @@ from typing import Any
 from alphamill import threads
 from alphamill.config import redact_url
 from alphamill.errors import ConfigError, LeaseLost, PoolUnavailable
+from alphamill.limits import check_jobs, check_seconds
 from alphamill.task.forkserver import (  # noqa: F401 - start_worker_server is re-exported
     adopt_parent_state,
     start_worker_server,
@@ -322,8 +323,7 @@ def _child_main(cfg: WorkerConfig, busy: Any = None, env: dict[str, str] | None 
 
 def check_config(cfg: WorkerConfig, jobs: int) -> None:
     """Refuse bad settings before any process starts (errors name the option)."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ConfigError(f"expected a positive integer, got {jobs!r}", "jobs")
+    check_jobs(jobs, "jobs")
     if cfg.max_tasks is not None and (isinstance(cfg.max_tasks, bool) or cfg.max_tasks < 1):
         raise ConfigError(f"expected a positive integer, got {cfg.max_tasks!r}", "max_tasks")
     if cfg.prefetch != "auto" and (
@@ -334,8 +334,8 @@ def check_config(cfg: WorkerConfig, jobs: int) -> None:
         raise ConfigError(f"expected one of {sorted(CLAIMABLE)}, got {cfg.before_status!r}", "before_status")
     if cfg.after_status not in COMMITTABLE:
         raise ConfigError(f"expected one of {sorted(COMMITTABLE)}, got {cfg.after_status!r}", "after_status")
-    if cfg.grace < 0:
-        raise ConfigError(f"expected a non-negative number of seconds, got {cfg.grace!r}", "grace")
+    check_seconds(cfg.grace, "grace")
+    check_seconds(cfg.retry_backoff, "retry_backoff")
     parse_query(cfg.query)
     load_func(cfg.func)
     # validates the pool name, URL, lease and heartbeat before spawning anything

@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from alphamill.errors import ConfigError
+from alphamill.limits import check_jobs
 
 __all__ = [
     "RunConfig",
@@ -386,7 +387,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", default_name: s
     except Exception as e:
         raise ConfigError(str(e).split(": ", 1)[-1], "pool.name") from None
     workers = raw.get("workers", 1)
-    _int(workers, "workers", 0)
+    check_jobs(workers, "workers", minimum=0)
     report = raw.get("report")
     if report is not None and not isinstance(report, str):
         raise ConfigError(f"expected a file path, got {report!r}", "report")

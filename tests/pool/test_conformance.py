@@ -815,3 +815,82 @@ def test_injection_through_values_is_stored_literally(backend, pool_name):
     assert backend.find_tasks(pool_name, parse_query({"hash": "x' OR '1'='1"})) == []
     assert counts(backend, pool_name, {"meta.m": {"$in": [evil, "' OR 1=1 --"]}}) == {WAITING: 1}
     assert backend.list_pools() and pool_name in backend.list_pools()
+
+
+# -- what no store can hold: refused alike, before anything is stored --------------------------------
+
+DEEP: dict = {}
+_node = DEEP
+for _ in range(70):
+    _node["a"] = _node = {}
+
+UNSTORABLE = [
+    ({"x": "a\x00b"}, "U+0000"),
+    ({"a\x00b": 1}, "U+0000"),
+    ({"x": "\ud800"}, "surrogate"),
+    ({"x": 2**70}, "64 bits"),
+    ({"x": -(2**63) - 1}, "64 bits"),
+    (DEEP, "deeper than"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(UNSTORABLE)))
+def test_unstorable_values_are_refused_alike_and_the_batch_stores_nothing(backend, pool_name, i):
+    """PostgreSQL refuses U+0000, MongoDB integers beyond 64 bits and deep documents, no driver
+    encodes a lone surrogate: every backend refuses all of them, naming the real index."""
+    definition, why = UNSTORABLE[i]
+    backend.ensure_pool(pool_name)
+    good = [nt(n) for n in range(5001 if i == 0 else 3)]  # the reported case: 5,001 good + 1
+    for bad in (NewTask(definition, "bad"), NewTask({"ok": 1}, "bad_meta", metadata={"m": definition})):
+        with pytest.raises(PoolError, match=rf"tasks\[{len(good)}\]") as exc:
+            backend.insert_tasks(pool_name, [*good, bad])
+        assert why in str(exc.value)
+        assert counts(backend, pool_name) == {}
+    assert backend.insert_tasks(pool_name, good[:2])[0].created  # the store is fine
+
+
+def test_stored_values_at_the_limits_round_trip(backend, pool_name):
+    backend.ensure_pool(pool_name)
+    deep: dict = {}
+    node = deep
+    for _ in range(60):
+        node["a"] = node = {}
+    definition = {"big": 2**63 - 1, "small": -(2**63), "text": "é \\u0000 \U0001f600", "deep": deep}
+    (res,) = backend.insert_tasks(pool_name, [NewTask(definition, "edge")])
+    assert get(backend, pool_name, res.id).definition == definition
+
+
+def test_priorities_are_32_bit_integers_everywhere(backend, pool_name):
+    ids = fill(backend, pool_name, 1)
+    for bad in (2**31, -(2**31) - 1, 2**70):
+        with pytest.raises(PoolError, match="priority"):
+            backend.insert_tasks(pool_name, [NewTask({"p": 1}, "p", priority=bad)])
+        with pytest.raises(PoolError, match="priority"):
+            backend.set_priority(pool_name, parse_query({"_id": ids[0]}), bad)
+    with pytest.raises(PoolError, match="max_attempts"):
+        backend.insert_tasks(pool_name, [NewTask({"p": 1}, "p", max_attempts=2**40)])
+    backend.insert_tasks(pool_name, [NewTask({"p": 2}, "p2", priority=2**31 - 1)])
+    assert backend.set_priority(pool_name, parse_query({"_id": ids[0]}), -(2**31)) == 1
+    assert counts(backend, pool_name) == {WAITING: 2}
+
+
+def test_query_values_no_store_can_hold_are_query_errors(backend, pool_name):
+    fill(backend, pool_name, 2)
+    for bad in ({"priority": 10**25}, {"def.x": 2**64}, {"attempts": {"$in": [1, -(2**70)]}},
+                {"def.x": "a\x00"}, {"meta.x": "\udfff"}, {"priority": {"$lt": float("inf")}},
+                {"hash": "\x00"}):
+        with pytest.raises(QueryError):
+            backend.count_tasks(pool_name, bad)
+    assert counts(backend, pool_name) == {WAITING: 2}
+
+
+def test_failure_records_are_stored_whatever_the_error_holds(backend, pool_name):
+    """A traceback with U+0000, a lone surrogate or a password is still recorded, cleaned."""
+    fill(backend, pool_name, 1)
+    r = claim_one(backend, pool_name)
+    error = "boom \x00 \ud800 at postgresql://u:S3cret@db/x"
+    assert backend.release_task(pool_name, r.id, r.lease_token, error=error, give_up=True)
+    stored = get(backend, pool_name, r.id).last_error
+    assert "\x00" not in stored and "S3cret" not in stored and "boom" in stored
+    assert "u:***@db/x" in stored
+    stored.encode("utf-8")  # valid Unicode

@@ -29,12 +29,13 @@ from typing import Any
 
 from alphamill.errors import PoolError
 
-POOL_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+#: Matched whole (``fullmatch``): ``$`` would also accept a name ending in a newline.
+POOL_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 
 
 def validate_pool_name(pool: str) -> str:
     """Return ``pool`` if it is a safe namespace name, else raise :class:`PoolError`."""
-    if not isinstance(pool, str) or not POOL_NAME_RE.match(pool):
+    if not isinstance(pool, str) or not POOL_NAME_RE.fullmatch(pool):
         raise PoolError(
             f"task_pool: invalid pool name {pool!r}; expected a letter followed by up to 62 "
             "letters, digits or underscores"

@@ -39,6 +39,7 @@ from alphamill.task.backends.sqlbase import (
     check_priority,
     check_retry_delay,
     normalize_ids,
+    stored_error,
     to_json,
 )
 from alphamill.task.query import Query, parse_query
@@ -275,7 +276,7 @@ class MemoryBackend(Backend):
                 return False
             now = self.now()
             if error is not None:
-                rec.last_error = str(error)
+                rec.last_error = stored_error(error)
             if error is None and not give_up:
                 rec.attempts = max(rec.attempts - 1, 0)
             if give_up or (error is not None and rec.attempts >= rec.max_attempts):

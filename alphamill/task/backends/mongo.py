@@ -77,6 +77,7 @@ from alphamill.task.backends.sqlbase import (
     check_priority,
     check_retry_delay,
     normalize_ids,
+    stored_error,
     to_json,
 )
 from alphamill.task.query import (
@@ -94,8 +95,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 TASKS = "tasks"
 POOLS = "task_pools"
-_DB_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
-_OID_RE = re.compile(r"^[0-9a-f]{24}$")
+_DB_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")  # matched with fullmatch, as every name
+_OID_RE = re.compile(r"[0-9a-f]{24}")
 _INSERT_CHUNK = 10_000
 _FIND_CHUNK = 50_000
 _INDEXES: dict[str, tuple[list[tuple[str, int]], bool]] = {
@@ -184,7 +185,7 @@ def _object_id(task_id: Any) -> ObjectId | None:
     """The ObjectId of a task id string (lower-case hex, as the pool hands them out)."""
     if isinstance(task_id, ObjectId):
         return task_id
-    if isinstance(task_id, str) and _OID_RE.match(task_id):
+    if isinstance(task_id, str) and _OID_RE.fullmatch(task_id):
         return ObjectId(task_id)
     return None
 
@@ -408,7 +409,7 @@ class MongoBackend(Backend):
                 f"pool URL {redact_url(url)!r}: no database name; expected mongodb://host:port/db "
                 "(Qlib's task_db_name)"
             )
-        if not _DB_NAME_RE.match(db):
+        if not _DB_NAME_RE.fullmatch(db):
             raise PoolError(
                 f"pool URL {redact_url(url)!r}: invalid database name {db!r}; expected up to 63 "
                 "letters, digits, '_' or '-'"
@@ -731,7 +732,7 @@ class MongoBackend(Backend):
             update["status"] = claimed_from if claimed_from in st.CLAIMABLE else st.WAITING
             update["not_before"] = now + retry_delay if retry_delay > 0 else None
         if error is not None:
-            update["last_error"] = str(error)
+            update["last_error"] = stored_error(error)
         try:
             return self._tasks.update_one(cas, {"$set": update}).matched_count > 0
         except ConnectionFailure:

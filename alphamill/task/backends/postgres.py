@@ -60,6 +60,7 @@ from alphamill.task.backends.sqlbase import (
     check_priority,
     check_retry_delay,
     normalize_ids,
+    stored_error,
     to_json,
 )
 from alphamill.task.query import (
@@ -80,8 +81,8 @@ from alphamill.task.query import (
 
 T = TypeVar("T")
 
-_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_NEG_INDEX_RE = re.compile(r"^-\d+$")
+_SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # fullmatch: names, never a newline
+_NEG_INDEX_RE = re.compile(r"-\d+")
 _NUL_RE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL, not an escaped backslash
 _MAX_BIGINT = 2**63 - 1
 _INSERT_CHUNK = 5000
@@ -259,7 +260,7 @@ class _Where:
         guards = [
             f"jsonb_typeof({column} #> {self.p(list(c.path[:i]))}::text[]) = 'object'"
             for i, part in enumerate(c.path)
-            if _NEG_INDEX_RE.match(part)
+            if _NEG_INDEX_RE.fullmatch(part)
         ]
         if guards:
             return f"(CASE WHEN {' AND '.join(guards)} THEN {expr} END)"
@@ -431,7 +432,7 @@ class PostgresBackend(Backend):
             first = token[1:-1] if token.startswith('"') and token.endswith('"') else token.lower()
             if first == "$user":
                 first = user
-            if not _SCHEMA_RE.match(first):
+            if not _SCHEMA_RE.fullmatch(first):
                 raise PoolError(
                     f"pool {redact_url(self.url)}: search_path schema {first!r} is not a valid "
                     "name; expected letters, digits and underscores"
@@ -440,7 +441,7 @@ class PostgresBackend(Backend):
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext('alphamill.schema'))")
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(first)))
             schema = first
-        if not _SCHEMA_RE.match(schema):
+        if not _SCHEMA_RE.fullmatch(schema):
             raise PoolError(f"pool {redact_url(self.url)}: unsupported schema name {schema!r}")
         pools = sql.Identifier(schema, "task_pools").as_string(conn)
         tasks = sql.Identifier(schema, "tasks").as_string(conn)
@@ -741,7 +742,7 @@ class PostgresBackend(Backend):
             "give_up": bool(give_up),
             "back": back,
             "delay": retry_delay,
-            "error": None if error is None else str(error),
+            "error": stored_error(error),
             "pool": pool,
             "id": tid,
             "token": token,

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from alphamill.errors import IllegalTransition, PoolError
+from alphamill.limits import INT32_MAX, INT32_MIN, json_needs_check, storable_problem
+from alphamill.redact import redact_url
 from alphamill.task import query as Q
 from alphamill.task.backends.base import NewTask, validate_pool_name
 from alphamill.task.status import CLAIMABLE, COMMITTABLE, WAITING, check_transition
@@ -78,8 +80,11 @@ def check_admin_status(to_status: str) -> str:
 
 
 def check_priority(priority: Any, where: str = "priority") -> int:
+    """A priority (or attempt limit): an integer of a 32-bit column on every backend."""
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise PoolError(f"{where}: expected an integer, got {priority!r}")
+    if not INT32_MIN <= priority <= INT32_MAX:
+        raise PoolError(f"{where}: expected an integer between {INT32_MIN} and {INT32_MAX}, got {priority}")
     return priority
 
 
@@ -90,10 +95,12 @@ def check_new_task(task: Any, index: int) -> NewTask:
     if not isinstance(task.hash, str) or not task.hash:
         raise PoolError(f"{where}.hash: expected a non-empty string, got {task.hash!r}")
     check_priority(task.priority, f"{where}.priority")
-    if isinstance(task.max_attempts, bool) or not isinstance(task.max_attempts, int) or task.max_attempts < 1:
+    if check_priority(task.max_attempts, f"{where}.max_attempts") < 1:
         raise PoolError(f"{where}.max_attempts: expected an integer >= 1, got {task.max_attempts!r}")
     if not isinstance(task.metadata, dict):
         raise PoolError(f"{where}.metadata: expected a dict, got {type(task.metadata).__name__}")
+    if task.definition_json is not None and json_needs_check(task.definition_json):
+        check_storable(task.definition, f"{where}.definition")
     return task
 
 
@@ -115,16 +122,42 @@ def normalize_ids(ids: Sequence[Any]) -> list[str]:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
+def check_storable(value: Any, where: str) -> None:
+    """Refuse what one of the stores could not hold (:mod:`alphamill.limits`), naming the path."""
+    problem = storable_problem(value, where)
+    if problem is not None:
+        raise PoolError(f"{problem[0]}: {problem[1]}")
+
+
 def to_json(value: Any, where: str) -> str:
-    """Encode plain data as compact JSON; NaN/Infinity and non-JSON types are refused."""
+    """Encode plain data as compact JSON; NaN/Infinity, non-JSON types and what any backend
+    could not hold are refused, so every backend accepts and refuses the same values."""
     if value is None:
         return "null"
     if value == {} and isinstance(value, dict):
         return "{}"
     try:
-        return _ENCODER.encode(value)
+        text = _ENCODER.encode(value)
+    except RecursionError:
+        check_storable(value, where)  # names the path that is nested too deeply
+        raise
     except (TypeError, ValueError) as exc:
         raise PoolError(f"{where}: value is not JSON-compatible ({exc})") from exc
+    if json_needs_check(text):
+        check_storable(value, where)
+    return text
+
+
+def stored_error(error: str | None) -> str | None:
+    """An error text as stored in ``last_error``: passwords redacted, and characters no
+    store can hold (U+0000, lone surrogates) written as escapes instead of refusing the
+    failure record."""
+    if error is None:
+        return None
+    text = redact_url(str(error))
+    if "\x00" in text or not text.isascii():
+        text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def from_json(text: str | None) -> Any:

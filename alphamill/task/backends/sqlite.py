@@ -50,6 +50,7 @@ from alphamill.task.backends.sqlbase import (
     check_retry_delay,
     from_json,
     normalize_ids,
+    stored_error,
     to_json,
 )
 from alphamill.task.query import parse_query
@@ -129,6 +130,24 @@ def _is_busy(exc: BaseException) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+#: Upper bound of ``busy_limit``/``busy_timeout`` in a URL (a day): beyond it a typo, not a wish.
+MAX_BUSY_SECONDS = 86400.0
+
+
+def _seconds(url: str, name: str, value: Any) -> float:
+    """``?busy_limit=`` / ``?busy_timeout=``: finite seconds in ``[0, MAX_BUSY_SECONDS]``."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if not (0 <= x <= MAX_BUSY_SECONDS):  # also false for NaN
+        raise PoolError(
+            f"pool URL {redact_url(url)!r}: {name} must be a number of seconds between 0 and "
+            f"{MAX_BUSY_SECONDS:g}, got {value!r}"
+        )
+    return x
+
+
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     """``sqlite:///rel/path.db`` -> ``rel/path.db``; ``sqlite:////abs.db`` -> ``/abs.db``."""
     parts = urlsplit(url)
@@ -155,11 +174,8 @@ class SQLiteBackend(Backend):
         self.url = url
         self.memory = path == ":memory:"
         self.path = path if self.memory else os.path.abspath(os.path.expanduser(path))
-        try:
-            self.busy_limit = float(params.get("busy_limit", busy_limit))
-            self.busy_timeout = float(params.get("busy_timeout", busy_timeout))
-        except ValueError as exc:
-            raise PoolError(f"pool URL {redact_url(url)!r}: busy_limit/busy_timeout must be seconds") from exc
+        self.busy_limit = _seconds(url, "busy_limit", params.get("busy_limit", busy_limit))
+        self.busy_timeout = _seconds(url, "busy_timeout", params.get("busy_timeout", busy_timeout))
         if not self.memory:
             parent = os.path.dirname(self.path)
             try:
@@ -190,12 +206,23 @@ class SQLiteBackend(Backend):
             )
         except sqlite3.Error as exc:
             raise PoolUnavailable(f"sqlite pool {self.path!r}: cannot open database: {exc}") from exc
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        if not self.memory:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise PoolUnavailable(f"sqlite pool {self.path!r}: cannot switch to WAL (journal mode {mode})")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if not self.memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise PoolUnavailable(f"sqlite pool {self.path!r}: cannot switch to WAL (journal mode {mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise  # retried by _run like any busy statement
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise PoolError(
+                    f"sqlite pool {self.path!r}: the file is not an SQLite database (or is corrupt): {exc}"
+                ) from None
+            raise PoolUnavailable(f"sqlite pool {self.path!r}: cannot open database: {exc}") from None
         return conn
 
     @property
@@ -225,8 +252,8 @@ class SQLiteBackend(Backend):
             self._lock_pid = os.getpid()
         with self._lock:
             while True:
-                conn = self._conn
                 try:
+                    conn = self._conn  # opening it may meet a busy lock too (journal mode)
                     if single:
                         return fn(conn)
                     conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -485,7 +512,7 @@ class SQLiteBackend(Backend):
             f"WHERE pool = :pool AND id = :id AND status = '{RUNNING}' AND lease_token = :token"
         )
         args = {
-            "error": None if error is None else str(error), "plain": plain, "give_up": bool(give_up),
+            "error": stored_error(error), "plain": plain, "give_up": bool(give_up),
             "has_error": error is not None, "delay": delay, "pool": pool, "id": tid, "token": token,
         }
         return self._cas(sql, args)
