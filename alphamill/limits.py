@@ -73,7 +73,9 @@ def check_int32(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"expected an integer, got {value!r}", field)
     if not INT32_MIN <= value <= INT32_MAX:
-        raise ConfigError(f"expected an integer between {INT32_MIN} and {INT32_MAX}, got {value}", field)
+        raise ConfigError(
+            f"expected an integer between {INT32_MIN} and {INT32_MAX}, got {value}", field
+        )
     return value
 
 

@@ -16,8 +16,12 @@ import yaml
 
 from alphamill.errors import ConfigError
 
-_BOMS = {codecs.BOM_UTF16_LE: "UTF-16", codecs.BOM_UTF16_BE: "UTF-16",
-         codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32"}
+_BOMS = {
+    codecs.BOM_UTF16_LE: "UTF-16",
+    codecs.BOM_UTF16_BE: "UTF-16",
+    codecs.BOM_UTF32_LE: "UTF-32",
+    codecs.BOM_UTF32_BE: "UTF-32",
+}
 
 
 def read_text(path: str | Path, field: str | None = None) -> str:
@@ -39,7 +43,9 @@ def read_text(path: str | Path, field: str | None = None) -> str:
                 field,
             )
     if b"\x00" in raw:
-        raise ConfigError(f"{p} holds NUL bytes (UTF-16, or not text at all); expected UTF-8 text", field)
+        raise ConfigError(
+            f"{p} holds NUL bytes (UTF-16, or not text at all); expected UTF-8 text", field
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -51,7 +57,9 @@ def read_text(path: str | Path, field: str | None = None) -> str:
 
 
 def _too_deep(p: str | Path, field: str | None) -> ConfigError:
-    return ConfigError(f"{p}: nested too deeply to parse (a task or config is a few levels deep)", field)
+    return ConfigError(
+        f"{p}: nested too deeply to parse (a task or config is a few levels deep)", field
+    )
 
 
 def parse_yaml(text: str, path: str | Path, field: str | None = None) -> Any:
