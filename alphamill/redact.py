@@ -77,8 +77,9 @@ def userinfo_problem(url: str) -> str | None:
     if info is None or not _MUST_ENCODE.search(info):
         return None
     return (
-        "the user name or password holds a space, '@', '/', '?', '#' or a '%' that is not "
-        "an escape: percent-encode it (urllib.parse.quote(password, safe=''))"
+        "the user name or password holds characters that must be percent-encoded (a space, "
+        "an at sign, a slash, ? or #, or a % that starts no escape): encode it with "
+        "urllib.parse.quote(password, safe='')"
     )
 
 

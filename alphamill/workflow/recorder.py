@@ -56,9 +56,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from alphamill.config import get_setting, redact_url
+from alphamill.config import get_setting
 from alphamill.errors import AlphamillError, ConfigError
 from alphamill.locks import file_lock
+from alphamill.redact import redact_url, scrub, userinfo_problem
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -140,6 +141,9 @@ def resolve_store(uri: str | None = None) -> _Store:
         path = Path(unquote(urlsplit(uri).path)).expanduser().resolve()
         return _Store(path.as_uri(), "file", path, shown)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri) or uri.startswith("databricks"):
+        problem = userinfo_problem(uri)
+        if problem:  # refused before MLflow or a driver can quote a piece of the password
+            raise ConfigError(f"{shown}: {problem}", "tracking_uri")
         return _Store(uri, "remote", None, shown)
     folder = Path(uri).expanduser().resolve()
     if _is_file_store(folder):
@@ -214,7 +218,9 @@ def open_client(uri: str | None = None) -> MlflowClient:
             try:
                 client = MlflowClient(tracking_uri=store.mlflow_uri)
             except Exception as e:
-                raise TrackingError(f"cannot open the experiment store {store.shown}: {e}") from e
+                raise TrackingError(
+                    f"cannot open the experiment store {store.shown}: {scrub(str(e), store.mlflow_uri)}"
+                ) from e
     client._alphamill_store = store  # type: ignore[attr-defined]
     _clients[key] = client
     return client
@@ -502,7 +508,9 @@ class Recorder:
         except AlphamillError:
             raise
         except Exception as e:
-            raise TrackingError(f"run {self.id}: cannot {what}: {redact_url(str(e))}") from e
+            raise TrackingError(
+                f"run {self.id}: cannot {what}: {scrub(str(e), _store_of(self._client).mlflow_uri)}"
+            ) from e
 
     # --- artifacts ------------------------------------------------------------------------
     def save_objects(
@@ -743,7 +751,8 @@ def _get_run(client: MlflowClient, run_id: str) -> Run:
         return _retry(lambda: client.get_run(run_id))
     except MlflowException as e:
         raise TrackingError(
-            f"no recorder with id {run_id} in {_store_of(client).shown}: {e.message}"
+            f"no recorder with id {run_id} in {_store_of(client).shown}: "
+            f"{scrub(e.message, _store_of(client).mlflow_uri)}"
         ) from e
 
 
@@ -834,7 +843,9 @@ class RecorderAPI:
             except MlflowException as e:  # created meanwhile by another machine
                 exp = _retry(lambda: client.get_experiment_by_name(name))
                 if exp is None:
-                    raise TrackingError(f"cannot create experiment {name!r}: {e.message}") from e
+                    raise TrackingError(
+                        f"cannot create experiment {name!r}: {scrub(e.message, store.mlflow_uri)}"
+                    ) from e
                 eid = exp.experiment_id
         return Experiment(client, eid, name)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from urllib.parse import urlsplit
 
-from alphamill.config import redact_url
 from alphamill.errors import PoolError
+from alphamill.redact import redact_url, userinfo_problem
 from alphamill.task.backends.base import Backend
 
 _SCHEMES = {
@@ -32,6 +32,9 @@ def open_backend(url: str, **kwargs) -> Backend:
             f"pool URL {redact_url(str(url))!r}: unsupported scheme {scheme!r}; expected one of "
             "sqlite:///path.db, postgresql://..., mongodb://host:port/db, memory://"
         )
+    problem = userinfo_problem(url)
+    if problem:  # refused before a driver can quote a piece of the password in its message
+        raise PoolError(f"pool URL {redact_url(url)!r}: {problem}")
     module, cls = target.split(":")
     return getattr(import_module(module), cls)(url, **kwargs)
 

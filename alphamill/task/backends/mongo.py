@@ -54,8 +54,8 @@ from pymongo.errors import (
     PyMongoError,
 )
 
-from alphamill.config import redact_url
 from alphamill.errors import AlphamillError, PoolError, PoolUnavailable
+from alphamill.redact import redact_url, scrub
 from alphamill.task import status as st
 from alphamill.task.backends.base import (
     Backend,
@@ -360,16 +360,16 @@ def _wrap_errors(method: F) -> F:
                 if now + delay > deadline:
                     raise PoolUnavailable(
                         f"pool {redact_url(self.url)}: MongoDB unavailable after retrying for "
-                        f"{budget:g}s: {redact_url(str(e))}"
+                        f"{budget:g}s: {scrub(str(e), self.url)}"
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except (BSONError, DocumentTooLarge, OverflowError) as e:
                 raise PoolError(
-                    f"pool {redact_url(self.url)}: value cannot be stored in MongoDB: {e}"
+                    f"pool {redact_url(self.url)}: value cannot be stored in MongoDB: {scrub(str(e), self.url)}"
                 ) from None
             except PyMongoError as e:
-                raise PoolError(f"pool {redact_url(self.url)}: {redact_url(str(e))}") from None
+                raise PoolError(f"pool {redact_url(self.url)}: {scrub(str(e), self.url)}") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -417,9 +417,12 @@ class MongoBackend(Backend):
         return db
 
     def _new_client(self) -> Any:
-        return pymongo.MongoClient(
-            self.url, serverSelectionTimeoutMS=self._timeout_ms, appname="alphamill", connect=False
-        )
+        try:
+            return pymongo.MongoClient(
+                self.url, serverSelectionTimeoutMS=self._timeout_ms, appname="alphamill", connect=False
+            )
+        except (PyMongoError, ValueError) as e:  # InvalidURI, ConfigurationError, bad options
+            raise PoolError(f"pool URL {redact_url(self.url)!r}: {scrub(str(e), self.url)}") from None
 
     def __repr__(self) -> str:
         return f"MongoBackend({redact_url(self.url)!r})"
@@ -868,7 +871,7 @@ class MongoBackend(Backend):
             report["pools"] = len(self.list_pools())
             report["server_time"] = self._now()
         except (PyMongoError, AlphamillError) as e:
-            problems.append(redact_url(str(e)))
+            problems.append(scrub(str(e), self.url))
         missing = [name for name in _INDEXES if name not in report.get("indexes", _INDEXES)]
         problems += [f"missing index {name} on {TASKS} (created by ensure_pool)" for name in missing]
         report["problems"] = problems

@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from alphamill.config import redact_url
 from alphamill.errors import PoolError, PoolUnavailable
+from alphamill.redact import redact_url, scrub
 from alphamill.task import status as st
 from alphamill.task.backends.base import (
     Backend,
@@ -371,7 +371,7 @@ class PostgresBackend(Backend):
             except psycopg.OperationalError as e:
                 if _PERMANENT_CONNECT_ERROR.search(str(e)):  # retrying cannot help
                     raise PoolError(
-                        f"pool {redact_url(self.url)}: cannot connect: {redact_url(str(e)).strip()}"
+                        f"pool {redact_url(self.url)}: cannot connect: {scrub(str(e), self.url).strip()}"
                     ) from None
                 raise
             self._conn = conn
@@ -404,7 +404,7 @@ class PostgresBackend(Backend):
                 except psycopg.Error as e:
                     # e.g. missing privileges: a user-facing error naming the (redacted) pool.
                     raise PoolError(
-                        f"pool {redact_url(self.url)}: {redact_url(str(e)).strip()}"
+                        f"pool {redact_url(self.url)}: {scrub(str(e), self.url).strip()}"
                     ) from e
             now = time.monotonic()
             if deadline is None:
@@ -412,7 +412,7 @@ class PostgresBackend(Backend):
             if now + delay > deadline:
                 raise PoolUnavailable(
                     f"pool {redact_url(self.url)}: PostgreSQL unavailable after retrying for "
-                    f"{retry_seconds:g}s: {redact_url(str(error)).strip()}"
+                    f"{retry_seconds:g}s: {scrub(str(error), self.url).strip()}"
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
