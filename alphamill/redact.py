@@ -64,8 +64,8 @@ def _userinfo(url: str) -> str | None:
     if at < 0:
         return None
     query = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    if query < at and "@" not in rest[:query]:  # '@' only in the query (?user=me@corp)
-        return None
+    if query < at and "@" not in rest[:query] and "/" not in rest[at:]:
+        return None  # '@' only in the query (?user=me@corp), no host and path after it
     return rest[:at]
 
 

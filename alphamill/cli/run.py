@@ -6,8 +6,10 @@ with the field at fault and exit code 2 before anything is written to the pool.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -61,11 +63,28 @@ def print_results(console: Any, results: Any) -> None:
             console.print(line, soft_wrap=True)
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def report_file_name(experiment: str) -> str:
+    """A file name for the report of ``experiment`` that stays in the reports folder.
+
+    An experiment name is free text (MLflow's), so ``../../x`` or ``a/b`` must not become a
+    path: anything but letters, digits, ``_``, ``.`` and ``-`` becomes ``_``, leading dots go,
+    and a name that had to change gets a short digest of the original, so two experiments
+    never share a report. Plain names are kept as they are (``rolling_lgb.html``).
+    """
+    slug = _UNSAFE.sub("_", experiment).lstrip(".")[:100] or "experiment"
+    if slug != experiment:
+        slug += "-" + hashlib.sha256(experiment.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{slug}.html"
+
+
 def default_report_path(experiment: str) -> Path:
-    """``<home>/reports/<experiment>.html``."""
+    """``<home>/reports/<experiment>.html`` (see :func:`report_file_name`)."""
     from alphamill.config import get_setting
 
-    return Path(get_setting("home")) / "reports" / f"{experiment}.html"
+    return Path(get_setting("home")) / "reports" / report_file_name(experiment)
 
 
 def make_console(stderr: bool = False) -> Any:

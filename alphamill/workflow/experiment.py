@@ -43,8 +43,9 @@ from typing import Any
 
 import yaml
 
-from alphamill.errors import ConfigError
-from alphamill.limits import check_jobs
+from alphamill.errors import ConfigError, PoolError
+from alphamill.limits import check_jobs, text_problem
+from alphamill.textfile import parse_yaml, read_text
 
 __all__ = [
     "RunConfig",
@@ -185,9 +186,9 @@ def load_config(
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p} does not exist or is not a file", "CONFIG")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, "CONFIG")
     try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text, p, "CONFIG")
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse {p}: {e}", "CONFIG") from None
     if not isinstance(raw, dict):
@@ -373,6 +374,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", default_name: s
     name = raw.get("experiment") or default_name
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"expected a non-empty string, got {name!r}", "experiment")
+    if any(ord(c) < 32 for c in name) or text_problem(name):
+        raise ConfigError(f"expected a name without control characters, got {name!r}", "experiment")
     pool = raw.get("pool") or {}
     if not isinstance(pool, dict):
         raise ConfigError(f"expected a mapping with url and name, got {pool!r}", "pool")
@@ -552,6 +555,46 @@ def feature_specs(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- the run ----------------------------------------------------------------------------------
 
 
+def _generates_demo_market(task: Mapping[str, Any]) -> bool:
+    """Whether reading ``task``'s data would first generate the demo market (a fresh home)."""
+    from alphamill.config import get_setting
+    from alphamill.data import default_demo_path
+
+    handler = (task.get("dataset") or {}).get("kwargs", {}).get("handler")
+    data = (handler.get("kwargs") or {}).get("data") if isinstance(handler, dict) else None
+    if data is not None and not (isinstance(data, str) and not data.strip()):
+        return False
+    path = Path(str(get_setting("data"))).expanduser()
+    return path.absolute() == default_demo_path().absolute() and not (path / "meta.json").is_file()
+
+
+def check_before_writing(cfg: RunConfig) -> None:
+    """Refuse a bad config before anything is written: the demo market (generated on first
+    use), the pool and the experiment store.
+
+    The pool URL and the tracking URI are checked without connecting. When the demo market
+    is still to be generated, the classes, model settings and records of every grid variant
+    of the task are checked first too (the rolling and horizon generators change only dates
+    and labels); otherwise that check runs, as before, while the features compute and before
+    the pool is touched. What needs the data (segments, universes) is checked once it is read.
+    """
+    from alphamill.config import get_setting
+    from alphamill.task.backends import check_url
+    from alphamill.task.forkserver import call_preloaded
+    from alphamill.task.gen import GridGen, task_generator
+    from alphamill.workflow.recorder import resolve_store
+
+    try:
+        check_url(str(get_setting("pool_url", cfg.pool_url)))
+    except PoolError as e:
+        raise ConfigError(str(e), "pool.url") from None
+    resolve_store()
+    if _generates_demo_market(cfg.task):
+        grids = [GridGen(spec) for name, spec in cfg.generators if name == "grid"]
+        preview = task_generator([cfg.task], grids) if grids else [copy.deepcopy(cfg.task)]
+        call_preloaded(validate_tasks, preview)
+
+
 def run_experiment(
     cfg: RunConfig,
     *,
@@ -586,6 +629,7 @@ def run_experiment(
         # parameters and the collection run in its children, so this process imports
         # neither LightGBM nor MLflow
         start_worker_server()
+    check_before_writing(cfg)
     tasks = build_tasks(cfg)
     validate_data(tasks)
     # Alpha158 is computed in the background from here on: the rest of the checks, storing

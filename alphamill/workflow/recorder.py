@@ -274,6 +274,26 @@ def _canonical_ext(obj: Any) -> str:
     )
 
 
+def check_artifact_path(path: Any, field: str) -> str:
+    """``path`` if it names a place inside the run's artifact folder, else a ConfigError.
+
+    Names are joined to a local folder before MLflow sees them, so ``..``, an absolute path,
+    a backslash or a NUL would write (or read) outside it: only relative ``/``-separated
+    names of ordinary parts are accepted.
+    """
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"expected a non-empty artifact name, got {path!r}", field)
+    if any(ord(c) < 32 for c in path) or "\\" in path:
+        raise ConfigError(f"artifact name {path!r} holds a control character or a backslash", field)
+    if path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise ConfigError(
+            f"artifact name {path!r} must stay inside the run's artifact folder: a relative "
+            "name whose '/'-separated parts are not empty, '.' or '..'",
+            field,
+        )
+    return path
+
+
 def artifact_file_name(name: str, obj: Any) -> str:
     """The stored name of ``obj`` saved as ``name`` (``pred.pkl`` -> ``pred.parquet``)."""
     ext = _canonical_ext(obj)
@@ -527,6 +547,10 @@ class Recorder:
         if local_path is not None and kwargs:
             raise ConfigError("give either local_path or named objects, not both", "save_objects")
         prefix = (artifact_path or "").strip("/")
+        if prefix:
+            check_artifact_path(prefix, "artifact_path")
+        for name in kwargs:  # all checked before the first is written
+            check_artifact_path(name, "save_objects")
         stored: list[str] = []
         if local_path is not None:
             path = Path(local_path)
@@ -578,6 +602,8 @@ class Recorder:
     def list_artifacts(self, artifact_path: str | None = None) -> list[str]:
         """Every stored file below ``artifact_path`` (recursive), as paths relative to the run."""
         out: list[str] = []
+        if artifact_path and artifact_path.strip("/"):
+            check_artifact_path(artifact_path.strip("/"), "artifact_path")
         todo = [artifact_path.strip("/") if artifact_path else None]
         while todo:
             cur = todo.pop()
@@ -586,7 +612,7 @@ class Recorder:
         return sorted(out)
 
     def _resolve_artifact(self, name: str) -> str:
-        name = name.strip("/")
+        name = check_artifact_path(name.strip("/") if isinstance(name, str) else name, "name")
         parent = os.path.dirname(name) or None
         present = {
             info.path: info.is_dir

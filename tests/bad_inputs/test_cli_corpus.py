@@ -39,10 +39,20 @@ class Case:
     expect: tuple[str, ...]  # substrings of the output (case-insensitive)
     files: dict[str, str | bytes] = field(default_factory=dict)
     needs: str | None = None  # "pg": a reachable PostgreSQL server; "run": `alphamill run`
+    env: dict[str, str] = field(default_factory=dict)  # environment of the command
+    absent: tuple[str, ...] = ()  # must NOT appear in the output (secrets)
 
 
 def _big_task() -> str:
     return json.dumps([{"n": 1, "blob": "x" * (1 << 20)}])
+
+
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+def _nested_task(levels: int) -> str:
+    return json.dumps([{"n": 1, "deep": json.loads(_deep(levels))}])
 
 
 def _half_good_batch() -> str:
@@ -51,6 +61,8 @@ def _half_good_batch() -> str:
 
 
 P = ["-t", "{pool}", "--url", "{url}"]
+HUGE = str(2**70)
+SECRET = "S3cr3tPW"
 
 CASES: list[Case] = [
     # -- create: files -------------------------------------------------------------------------
@@ -85,7 +97,38 @@ CASES: list[Case] = [
          {"half.json": _half_good_batch()}),
     Case("create-priority-not-int", [*P, "create", "{tmp}/ok.yaml", "--priority", "high"], ("--priority",),
          {"ok.yaml": "- {n: 9}\n"}),
+    # -- create: encodings, unstorable values, nesting, integers --------------------------------
+    Case("create-not-utf8", [*P, "create", "{tmp}/latin1.yaml"], ("latin1.yaml", "not utf-8", "line 2"),
+         {"latin1.yaml": "- {n: 1}\n- {name: 'caf\xe9'}\n".encode("latin-1")}),
+    Case("create-utf16-bom", [*P, "create", "{tmp}/u16.yaml"], ("u16.yaml", "utf-16", "utf-8"),
+         {"u16.yaml": "- {n: 1}\n".encode("utf-16")}),
+    Case("create-utf16-no-bom", [*P, "create", "{tmp}/u16le.json"], ("u16le.json", "nul bytes", "utf-8"),
+         {"u16le.json": '[{"n": 1}]'.encode("utf-16-le")}),
+    Case("create-lone-surrogate", [*P, "create", "{tmp}/sur.json"], ("task_def_l[1].name", "surrogate"),
+         {"sur.json": '[{"n": 1}, {"name": "x\\ud800"}]'}),
+    Case("create-nul-character", [*P, "create", "{tmp}/nul.json"], ("task_def_l[0].s", "u+0000"),
+         {"nul.json": '[{"s": "a\\u0000b"}]'}),
+    Case("create-nested-100000-json", [*P, "create", "{tmp}/deep.json"], ("deep.json", "nested too deeply"),
+         {"deep.json": _deep(100_000)}),
+    Case("create-nested-100000-yaml", [*P, "create", "{tmp}/deep.yaml"], ("deep.yaml", "nested too deeply"),
+         {"deep.yaml": _deep(100_000)}),
+    Case("create-nested-task", [*P, "create", "{tmp}/deep70.json"], ("task_def_l[0].deep", "deeper than 64"),
+         {"deep70.json": _nested_task(70)}),
+    Case("create-integer-beyond-64-bits", [*P, "create", "{tmp}/big.json"], ("task_def_l[0].n", "64 bits"),
+         {"big.json": f'[{{"n": {10**25}}}]'}),
+    Case("create-priority-beyond-64-bits", [*P, "create", "{tmp}/ok.yaml", "--priority", HUGE],
+         ("--priority", HUGE), {"ok.yaml": "- {n: 9}\n"}),
+    Case("create-priority-beyond-32-bits", [*P, "create", "{tmp}/ok.yaml", "--priority", str(2**31)],
+         ("--priority", "2147483647"), {"ok.yaml": "- {n: 9}\n"}),
     # -- query / remove ------------------------------------------------------------------------
+    Case("query-integer-beyond-64-bits", [*P, "query", f'{{"priority": {10**25}}}'], ("priority", "64 bits")),
+    Case("query-def-integer-beyond-64-bits", [*P, "query", f'{{"def.n": {{"$gt": -{2**64}}}}}'],
+         ("def.n", "64 bits")),
+    Case("query-lone-surrogate", [*P, "query", '{"def.name": "\\udc00"}'], ("def.name", "surrogate")),
+    Case("query-nul-character", [*P, "task_stat", "--query", '{"hash": "a\\u0000"}'], ("hash", "u+0000")),
+    Case("query-infinite-number", [*P, "query", '{"def.n": {"$lt": 1e999}}'], ("def.n", "infinit")),
+    Case("query-nested-100000", [*P, "query", '{"def.n": ' + _deep(100_000) + "}"], ("query", "nested too deeply")),
+    Case("prioritize-beyond-64-bits", [*P, "prioritize", "1", HUGE], ("priority", HUGE)),
     Case("query-where-operator", [*P, "query", '{"$where": "sleep(1)"}'], ("$where", "unsupported operator")),
     Case("query-top-level-or", [*P, "query", '{"$or": [{"status": "done"}]}'], ("$or", "unsupported")),
     Case("query-unknown-field", [*P, "query", '{"foo": 1}'], ("'foo'", "unknown field")),
@@ -111,6 +154,9 @@ CASES: list[Case] = [
     Case("pool-too-long", ["-t", "p" * 100, "--url", "{url}", "task_stat"], ("invalid pool name", "62")),
     Case("pool-leading-digit", ["-t", "1pool", "--url", "{url}", "query"], ("'1pool'", "invalid pool name")),
     Case("pool-missing", ["--url", "{url}", "task_stat"], ("-t",)),
+    Case("pool-trailing-newline", ["-t", "{pool}\n", "--url", "{url}", "create", "{tmp}/ok.yaml"],
+         ("invalid pool name", "\\n"), {"ok.yaml": "- {n: 9}\n"}),
+    Case("pool-trailing-newline-query", ["-t", "{pool}\n", "--url", "{url}", "query"], ("invalid pool name",)),
     # -- store URLs ----------------------------------------------------------------------------
     Case("url-unsupported-scheme", ["-t", "{pool}", "--url", "mysql://u@h/db", "task_stat"],
          ("mysql://u@h/db", "unsupported scheme")),
@@ -128,6 +174,34 @@ CASES: list[Case] = [
          ("a$b", "invalid database name")),
     Case("url-mongo-unreachable", ["-t", "{pool}", "--url", "mongodb://127.0.0.1:1/db", "task_stat"],
          ("mongodb://127.0.0.1:1/db", "unavailable")),
+    Case("url-sqlite-not-a-database", ["-t", "{pool}", "--url", "sqlite:///{tmp}/text.db", "task_stat"],
+         ("text.db", "not an sqlite database"), {"text.db": "just some text, not a database\n"}),
+    Case("url-sqlite-busy-timeout-nan", ["-t", "{pool}", "--url", "{url}?busy_timeout=nan", "task_stat"],
+         ("busy_timeout", "nan")),
+    Case("url-sqlite-busy-timeout-inf", ["-t", "{pool}", "--url", "{url}?busy_timeout=inf", "task_stat"],
+         ("busy_timeout", "inf")),
+    Case("url-sqlite-busy-limit-negative", ["-t", "{pool}", "--url", "{url}?busy_limit=-1", "task_stat"],
+         ("busy_limit", "-1")),
+    Case("url-pg-space-in-password", ["-t", "{pool}", "--url", f"postgresql://u:{SECRET} x9@127.0.0.1:1/test",
+                                      "task_stat"], ("u:***@127.0.0.1:1/test", "percent-encode"),
+         absent=(SECRET, "x9")),
+    Case("url-pg-at-in-password", ["-t", "{pool}", "--url", f"postgresql://u:pa@{SECRET}@127.0.0.1:1/test",
+                                   "task_stat"], ("u:***@127.0.0.1:1/test", "percent-encode"), absent=(SECRET,)),
+    Case("url-pg-bad-escape-in-password", ["-t", "{pool}", "--url", f"postgresql://u:{SECRET}%ZZ@127.0.0.1:1/t",
+                                           "task_stat"], ("percent-encode",), absent=(SECRET,)),
+    Case("url-mongo-at-in-password", ["-t", "{pool}", "--url", f"mongodb://u:pa@{SECRET}@127.0.0.1:1/db",
+                                      "task_stat"], ("u:***@127.0.0.1:1/db", "percent-encode"), absent=(SECRET,)),
+    Case("url-mongo-space-in-password", ["-t", "{pool}", "--url", f"mongodb://u:{SECRET} x9@127.0.0.1:1/db",
+                                         "task_stat"], ("percent-encode",), absent=(SECRET, "x9")),
+    # -- settings files --------------------------------------------------------------------------
+    Case("config-env-names-a-folder", ["-t", "{pool}", "task_stat"], ("alphamill_config", "cfgdir", "folder"),
+         {"cfgdir/readme.txt": "a folder\n"}, env={"ALPHAMILL_CONFIG": "{tmp}/cfgdir"}),
+    Case("config-not-utf8", ["-t", "{pool}", "task_stat"], ("alphamill.yaml", "not utf-8"),
+         {"alphamill.yaml": b"pool_url: 'sqlite:///caf\xe9.db'\n"}),
+    Case("config-utf16", ["-t", "{pool}", "task_stat"], ("other.yaml", "utf-16"),
+         {"other.yaml": "pool_url: 'sqlite:///x.db'\n".encode("utf-16")}, env={"ALPHAMILL_CONFIG": "{tmp}/other.yaml"}),
+    Case("config-nested-100000", ["-t", "{pool}", "task_stat"], ("alphamill.yaml", "nested too deeply"),
+         {"alphamill.yaml": "a: " + _deep(100_000) + "\n"}),
     # -- worker --------------------------------------------------------------------------------
     Case("worker-unknown-module", [*P, "worker", "--func", "no_such_mod:f"], ("func", "no_such_mod")),
     Case("worker-func-without-colon", [*P, "worker", "--func", "os"], ("func", "module:function")),
@@ -137,6 +211,15 @@ CASES: list[Case] = [
                                               "--func", "alphamill.task.demo_funcs:noop"], ("heartbeat_interval", "lease")),
     Case("worker-lease-negative", [*P, "worker", "--lease", "-1"], ("--lease",)),
     Case("worker-jobs-zero", [*P, "worker", "--jobs", "0"], ("--jobs",)),
+    Case("worker-jobs-100000", [*P, "worker", "--jobs", "100000", "--until-empty"], ("--jobs", "100000", "limit")),
+    Case("worker-grace-nan", [*P, "worker", "--grace", "nan", "--until-empty"], ("--grace", "finite")),
+    Case("worker-grace-inf", [*P, "worker", "--grace", "inf", "--until-empty"], ("--grace", "finite")),
+    Case("worker-lease-nan", [*P, "worker", "--lease", "nan"], ("--lease", "finite")),
+    Case("worker-heartbeat-inf", [*P, "worker", "--heartbeat", "inf"], ("--heartbeat", "finite")),
+    Case("worker-retry-backoff-nan", [*P, "worker", "--retry-backoff", "nan"], ("--retry-backoff", "finite")),
+    Case("wait-poll-nan", [*P, "wait", "--poll", "nan"], ("--poll", "finite")),
+    Case("wait-timeout-nan", [*P, "wait", "--timeout", "nan"], ("--timeout", "finite")),
+    Case("wait-timeout-inf", [*P, "wait", "--timeout", "inf"], ("--timeout", "finite")),
     Case("worker-query-malformed", [*P, "worker", "--query", "{nope", "--func", "alphamill.task.demo_funcs:noop"],
          ("--query", "malformed json")),
     Case("worker-query-unknown-field", [*P, "worker", "--query", '{"owner": 1}', "--func", "alphamill.task.demo_funcs:noop"],
@@ -216,6 +299,15 @@ RUN_CASES = [
               ("collect.selection.blocks", "unknown setting")),
     _run_case("selection-unknown-baseline", lambda c: c["collect"].update(selection={"baseline": "LGBModel lr=9"}),
               ("collect.selection.baseline", "lgbmodel lr=9", "not one of the variants")),
+    _run_case("workers-100000", lambda c: c.update(workers=100_000), ("workers", "100000", "limit")),
+    _run_case("experiment-control-character", lambda c: c.update(experiment="a\nb"), ("experiment", "control")),
+    _run_case("pool-url-password-space", lambda c: c["pool"].update(url=f"postgresql://u:{SECRET} x9@h/db"),
+              ("pool.url", "percent-encode")),
+    Case("run-not-utf8", ["run", "{tmp}/latin1-run.yaml"], ("latin1-run.yaml", "not utf-8"),
+         {"latin1-run.yaml": b"experiment: caf\xe9\n"}, needs="run"),
+    Case("run-nested-100000", ["run", "{tmp}/deep-run.yaml"], ("deep-run.yaml", "nested too deeply"),
+         {"deep-run.yaml": "task: " + _deep(100_000) + "\n"}, needs="run"),
+    Case("run-config-is-a-folder", ["run", "{tmp}/adir"], ("adir",), {"adir/x.txt": "x\n"}, needs="run"),
 ]
 
 ALL = CASES + RUN_CASES
@@ -326,13 +418,15 @@ def test_bad_input(case: Case, env):
             path.write_text(_fill(content, env))
     before, tracking = _state(env), _snapshot(Path(env["tmp"]) / "mlruns")
     args = [_fill(a, env) for a in case.args]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, args, env={k: _fill(v, env) for k, v in case.env.items()})
     out = result.output
     assert result.exit_code != 0, f"accepted: {args}\n{out}"
     assert isinstance(result.exception, SystemExit), f"unhandled {result.exception!r}\n{out}"
     assert "Traceback" not in out, out
     for want in case.expect:
         assert _fill(want, env).lower() in out.lower(), f"{want!r} not in:\n{out}"
+    for secret in case.absent:
+        assert secret not in out, f"{secret!r} leaked:\n{out}"
     assert _state(env) == before, "the pool changed"
     assert _snapshot(Path(env["tmp"]) / "mlruns") == tracking, "the experiment store changed"
     assert not (Path(env["tmp"]) / "f.parquet").exists(), "a refused export wrote its output"

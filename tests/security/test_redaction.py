@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from alphamill.cli import main
 from alphamill.config import redact_url
+from alphamill.errors import AlphamillError
 from alphamill.kinds import task_function
 from tests.pool.conftest import (
     PG_URL,
@@ -161,7 +162,68 @@ def test_mlflow_tags_and_errors_are_redacted(tmp_path):
     from alphamill.workflow.recorder import R
 
     url = f"postgresql://postgres:{PW}@127.0.0.1:5432/test"
+    odd = f"postgresql://postgres:{PW} x9@127.0.0.1/test"
     with R.start(experiment_name="red", recorder_name="r", uri=str(tmp_path / "mlruns")) as rec:
-        R.set_tags(pool_url=url, note=f"pool at {url}")
+        R.set_tags(pool_url=url, note=f"pool at {url}", odd=odd, at=f"mongodb://u:pa@{PW}-tail@h/db")
+        R.log_params(source=odd)
         tags = rec.list_tags()
+        params = rec.list_params()
     assert PW not in json.dumps(tags) and "***" in tags["pool_url"]
+    assert "x9" not in tags["odd"] and "tail" not in tags["at"] and PW not in json.dumps(params)
+
+
+MALFORMED = [
+    # (url, pieces of the password that must not survive, what must stay)
+    (f"postgresql://u:{PW} x9@host/db", [PW, "x9"], "postgresql://u:***@host/db"),
+    (f"postgresql://u:pa@{PW}-tail@host:5432/db", ["pa@", PW, "tail"], "postgresql://u:***@host:5432/db"),
+    (f"mongodb://admin:{PW}@@h1,h2/db?replicaSet=r", [PW], "mongodb://admin:***@h1,h2/db"),
+    (f"postgresql://u:{PW}/x?y#z@host/db", [PW, "x?y"], "postgresql://u:***@host/db"),
+    (f"postgresql://we ird:{PW}@host/db", [PW, "ird"], "postgresql://***@host/db"),
+    (f"postgresql://{PW} x9@host/db", [PW, "x9"], "postgresql://***@host/db"),
+]
+
+
+@pytest.mark.parametrize(("url", "pieces", "kept"), MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_urls_are_redacted_up_to_the_last_at(url, pieces, kept):
+    for text in (url, f"error: pool {url}: cannot connect", f"'{url}' and more text"):
+        shown = redact_url(text)
+        assert all(p not in shown for p in pieces), shown
+        assert kept in shown, shown
+
+
+def test_redaction_stops_at_the_line_and_the_next_url():
+    text = f"a postgresql://h/db here\nb mongodb://u:{PW}@h2/db mail admin@corp\nc sqlite:///x.db"
+    shown = redact_url(text)
+    assert PW not in shown
+    assert "postgresql://h/db here" in shown and "sqlite:///x.db" in shown
+
+
+def test_userinfo_that_needs_encoding_is_refused_before_any_driver(fast_fail):
+    from alphamill.errors import PoolError
+    from alphamill.redact import userinfo_problem
+    from alphamill.task.manage import TaskManager
+    from alphamill.workflow.recorder import resolve_store
+
+    for url, _, _ in MALFORMED:
+        assert userinfo_problem(url), url
+        with pytest.raises(PoolError) as exc:
+            TaskManager("red", url)
+        assert PW not in str(exc.value) and "percent-encode" in str(exc.value)
+        with pytest.raises(AlphamillError) as exc:
+            resolve_store(url)
+        assert PW not in str(exc.value) and "percent-encode" in str(exc.value)
+    ok = [f"postgresql://u:{PW}@h/db", "postgresql://h/db?user=me@corp", "mongodb://h1,h2/db",
+          "postgresql://u:p%40ss@h/db", "sqlite:///x.db"]
+    assert not any(userinfo_problem(u) for u in ok)
+
+
+def test_driver_messages_are_scrubbed_of_every_form_of_the_password():
+    from alphamill.redact import scrub
+
+    url = "postgresql://u:p%40ss%20word@h/db?password=Other99"
+    message = (f'connection to "{url}" failed: password "p@ss word" rejected; '
+               'token "p%40ss%20word"; option password=Other99; Other99 again')
+    shown = scrub(message, url)
+    for piece in ("p@ss word", "p%40ss%20word", "Other99"):
+        assert piece not in shown, shown
+    assert "connection to" in shown and "rejected" in shown

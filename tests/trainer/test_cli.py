@@ -81,3 +81,34 @@ def test_demo_small(demo_run):
     assert demo_run["report"].is_file()
     with TaskManager(demo_run["pool"]) as tm:
         assert tm.task_stat() == {"done": 3}
+
+
+def test_report_file_names_stay_in_the_reports_folder(tmp_path, monkeypatch):
+    from alphamill.cli.run import default_report_path, report_file_name
+
+    monkeypatch.setenv("ALPHAMILL_HOME", str(tmp_path / "home"))
+    reports = (tmp_path / "home" / "reports").resolve()
+    names = ["../../x", "/etc/passwd", "a/b", "a\\b", "..", ".hidden", "x\x00y", "données", "a" * 300]
+    files = {report_file_name(n) for n in names}
+    assert len(files) == len(names)  # distinct experiments never share a report
+    for name in names:
+        path = default_report_path(name).resolve()
+        assert path.parent == reports and path.suffix == ".html", (name, path)
+        assert "/" not in report_file_name(name) and "\x00" not in report_file_name(name)
+    assert report_file_name("rolling_lgb_alpha158") == "rolling_lgb_alpha158.html"  # plain names kept
+
+
+def test_run_with_a_traversing_experiment_name_writes_inside_home(am_env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = flagship_config(small=True, data=str(am_env["market"]))
+    raw["pool"] = {"name": f"esc_{uuid.uuid4().hex[:8]}"}
+    path = _write(tmp_path, raw)
+    home = Path(am_env["home"])
+    escape = "../../escape_" + uuid.uuid4().hex[:8]
+    args = ["run", str(path), "--workers", "1", "--set", "generators.rolling.step=150", "--experiment", escape]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output + str(r.exception)
+    report = Path(r.stdout.split("report: ", 1)[1].split()[0]).resolve()
+    assert report.is_file() and report.parent == (home / "reports").resolve()
+    outside = (home / "reports" / (escape + ".html")).resolve()
+    assert not outside.exists() and not list(home.parent.parent.glob("escape_*"))

@@ -23,8 +23,10 @@ _SCHEMES = {
 }
 
 
-def open_backend(url: str, **kwargs) -> Backend:
-    """Open the backend serving ``url`` (errors name the redacted URL)."""
+def check_url(url: str) -> str:
+    """The target ``module:class`` serving ``url``, checked without connecting or creating
+    anything: a known scheme, a userinfo no driver could misread, and for SQLite the path and
+    its settings (errors name the redacted URL)."""
     scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     target = _SCHEMES.get(scheme)
     if target is None:
@@ -35,8 +37,17 @@ def open_backend(url: str, **kwargs) -> Backend:
     problem = userinfo_problem(url)
     if problem:  # refused before a driver can quote a piece of the password in its message
         raise PoolError(f"pool URL {redact_url(url)!r}: {problem}")
-    module, cls = target.split(":")
+    if scheme == "sqlite":
+        from alphamill.task.backends.sqlite import check_sqlite_url
+
+        check_sqlite_url(url)
+    return target
+
+
+def open_backend(url: str, **kwargs) -> Backend:
+    """Open the backend serving ``url`` (errors name the redacted URL)."""
+    module, cls = check_url(url).split(":")
     return getattr(import_module(module), cls)(url, **kwargs)
 
 
-__all__ = ["Backend", "open_backend"]
+__all__ = ["Backend", "check_url", "open_backend"]

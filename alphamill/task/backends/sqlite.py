@@ -148,6 +148,15 @@ def _seconds(url: str, name: str, value: Any) -> float:
     return x
 
 
+def check_sqlite_url(url: str, busy_limit: float = 120.0, busy_timeout: float = 2.0) -> tuple[float, float]:
+    """``(busy_limit, busy_timeout)`` of a valid SQLite pool URL (nothing is opened)."""
+    _, params = parse_sqlite_url(url)
+    return (
+        _seconds(url, "busy_limit", params.get("busy_limit", busy_limit)),
+        _seconds(url, "busy_timeout", params.get("busy_timeout", busy_timeout)),
+    )
+
+
 def parse_sqlite_url(url: str) -> tuple[str, dict[str, str]]:
     """``sqlite:///rel/path.db`` -> ``rel/path.db``; ``sqlite:////abs.db`` -> ``/abs.db``."""
     parts = urlsplit(url)
@@ -174,8 +183,7 @@ class SQLiteBackend(Backend):
         self.url = url
         self.memory = path == ":memory:"
         self.path = path if self.memory else os.path.abspath(os.path.expanduser(path))
-        self.busy_limit = _seconds(url, "busy_limit", params.get("busy_limit", busy_limit))
-        self.busy_timeout = _seconds(url, "busy_timeout", params.get("busy_timeout", busy_timeout))
+        self.busy_limit, self.busy_timeout = check_sqlite_url(url, busy_limit, busy_timeout)
         if not self.memory:
             parent = os.path.dirname(self.path)
             try:
