@@ -10,8 +10,9 @@ the strictest store apply everywhere, and they are checked before anything is st
   attempt limits in 32 bits (PostgreSQL's ``integer`` columns);
 * **nesting** is at most :data:`MAX_DEPTH` levels (MongoDB refuses documents deeper than
   100, parsers recurse);
-* **durations** are finite numbers of seconds (NaN never compares, so a NaN poll interval
-  busy-loops and a NaN timeout never fires);
+* **durations** are finite numbers of seconds up to :data:`MAX_SECONDS` (NaN never
+  compares, so a NaN poll interval busy-loops and a NaN timeout never fires; a sleep beyond
+  the platform's limit raises);
 * **local worker processes** are at most :func:`max_jobs` (a typo such as ``--jobs 100000``
   would fork until the machine stops).
 """
@@ -29,6 +30,11 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 #: Deepest nesting of dicts and lists in a stored payload (a task, its metadata, a result).
 MAX_DEPTH = 64
+#: Longest duration accepted anywhere (about three years): longer is a typo, and the
+#: platform's sleeps and waits overflow beyond ~9e9 s.
+MAX_SECONDS = 1e8
+#: Most tasks one claim may take (``--prefetch``); a claim is one statement and one lease each.
+MAX_CLAIM = 10_000
 #: Local worker processes per core, and the floor for small machines.
 JOBS_PER_CORE = 8
 MIN_MAX_JOBS = 16
@@ -58,13 +64,21 @@ def check_jobs(value: Any, field: str, minimum: int = 1) -> int:
 
 
 def check_seconds(value: Any, field: str, *, positive: bool = False) -> float:
-    """A finite number of seconds, ``> 0`` when ``positive`` else ``>= 0``."""
+    """A finite number of seconds up to :data:`MAX_SECONDS`, ``> 0`` when ``positive`` else
+    ``>= 0``."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
     if ok:
-        ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+        ok = (
+            math.isfinite(value)
+            and (value > 0 if positive else value >= 0)
+            and value <= MAX_SECONDS
+        )
     if not ok:
         kind = "positive" if positive else "non-negative"
-        raise ConfigError(f"expected a finite {kind} number of seconds, got {value!r}", field)
+        raise ConfigError(
+            f"expected a finite {kind} number of seconds up to {MAX_SECONDS:g}, got {value!r}",
+            field,
+        )
     return float(value)
 
 
@@ -150,6 +164,8 @@ __all__ = [
     "INT32_MIN",
     "INT64_MAX",
     "INT64_MIN",
+    "MAX_CLAIM",
+    "MAX_SECONDS",
     "MAX_DEPTH",
     "check_int32",
     "check_jobs",

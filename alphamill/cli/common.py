@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from alphamill.errors import ConfigError
-from alphamill.limits import check_jobs
+from alphamill.limits import MAX_SECONDS, check_jobs
 
 
 def parse_date(value: str | None, name: str) -> str | None:
@@ -27,8 +27,9 @@ def parse_date(value: str | None, name: str) -> str | None:
 
 
 class Seconds(click.ParamType):
-    """A finite number of seconds (``nan`` and ``inf`` are refused: a NaN interval busy-loops
-    and a NaN timeout never fires), ``> 0`` when ``positive`` else ``>= minimum``."""
+    """A finite number of seconds up to :data:`~alphamill.limits.MAX_SECONDS` (``nan`` and
+    ``inf`` are refused: a NaN interval busy-loops and a NaN timeout never fires), ``> 0``
+    when ``positive`` else ``>= minimum``."""
 
     name = "seconds"
 
@@ -47,6 +48,8 @@ class Seconds(click.ParamType):
             self.fail(f"expected a number of seconds > 0, got {value!r}", param, ctx)
         if x < self.minimum:
             self.fail(f"expected a number of seconds >= {self.minimum:g}, got {value!r}", param, ctx)
+        if x > MAX_SECONDS:
+            self.fail(f"expected at most {MAX_SECONDS:g} seconds, got {value!r}", param, ctx)
         return x
 
 

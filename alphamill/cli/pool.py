@@ -22,7 +22,7 @@ import yaml
 from alphamill.cli.common import Jobs, Seconds
 from alphamill.config import redact_url
 from alphamill.errors import ConfigError
-from alphamill.limits import INT32_MAX, INT32_MIN
+from alphamill.limits import INT32_MAX, INT32_MIN, MAX_CLAIM
 from alphamill.task.status import DONE, PART_DONE, STATUSES, WAITING
 from alphamill.textfile import parse_json, parse_yaml, read_text
 
@@ -162,6 +162,8 @@ def worker_cmd(pool, url, jobs, query_, max_tasks, until_empty, func, lease, hea
             prefetch = int(prefetch)
         except ValueError:
             raise ConfigError(f"expected a positive integer or 'auto', got {prefetch!r}", "--prefetch") from None
+        if not 1 <= prefetch <= MAX_CLAIM:
+            raise ConfigError(f"expected an integer between 1 and {MAX_CLAIM} or 'auto', got {prefetch}", "--prefetch")
     level = logging.INFO if verbose else logging.WARNING
     w.configure_logging(level)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import os
 import socket
 import threading
@@ -69,11 +68,7 @@ UNDONE: tuple[str, ...] = (WAITING, RUNNING, PART_DONE)
 
 
 def _positive(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        value > 0 and math.isfinite(value)
-    ):
-        raise ConfigError(f"expected a positive number of seconds, got {value!r}", field)
-    return float(value)
+    return check_seconds(value, field, positive=True)
 
 
 def worker_identity() -> WorkerIdentity:
@@ -264,11 +259,7 @@ class TaskManager:
         if check_int32(max_attempts, "max_attempts") < 1:
             raise ConfigError(f"expected a positive integer, got {max_attempts!r}", "max_attempts")
         self.max_attempts = max_attempts
-        if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, (int, float)) or not (
-            retry_backoff >= 0 and math.isfinite(retry_backoff)
-        ):
-            raise ConfigError(f"expected a non-negative number of seconds, got {retry_backoff!r}", "retry_backoff")
-        self.retry_backoff = float(retry_backoff)
+        self.retry_backoff = check_seconds(retry_backoff, "retry_backoff")
         self._requested_codec = check_codec(codec)
         if backend is not None:
             self.url = getattr(backend, "url", None) or f"{type(backend).__name__}"

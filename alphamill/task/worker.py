@@ -27,7 +27,7 @@ from typing import Any
 from alphamill import threads
 from alphamill.config import redact_url
 from alphamill.errors import ConfigError, LeaseLost, PoolUnavailable
-from alphamill.limits import check_jobs, check_seconds
+from alphamill.limits import MAX_CLAIM, check_jobs, check_seconds
 from alphamill.task.forkserver import (  # noqa: F401 - start_worker_server is re-exported
     adopt_parent_state,
     start_worker_server,
@@ -327,9 +327,9 @@ def check_config(cfg: WorkerConfig, jobs: int) -> None:
     if cfg.max_tasks is not None and (isinstance(cfg.max_tasks, bool) or cfg.max_tasks < 1):
         raise ConfigError(f"expected a positive integer, got {cfg.max_tasks!r}", "max_tasks")
     if cfg.prefetch != "auto" and (
-        isinstance(cfg.prefetch, bool) or not isinstance(cfg.prefetch, int) or cfg.prefetch < 1
+        isinstance(cfg.prefetch, bool) or not isinstance(cfg.prefetch, int) or not 1 <= cfg.prefetch <= MAX_CLAIM
     ):
-        raise ConfigError(f"expected a positive integer or 'auto', got {cfg.prefetch!r}", "prefetch")
+        raise ConfigError(f"expected an integer between 1 and {MAX_CLAIM} or 'auto', got {cfg.prefetch!r}", "prefetch")
     if cfg.before_status not in CLAIMABLE:
         raise ConfigError(f"expected one of {sorted(CLAIMABLE)}, got {cfg.before_status!r}", "before_status")
     if cfg.after_status not in COMMITTABLE:

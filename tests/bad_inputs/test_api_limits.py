@@ -74,6 +74,8 @@ def test_prioritize_and_query_refuse_out_of_range_integers(tm):
             list(tm.query(bad))
         with pytest.raises(QueryError):
             tm.task_stat(bad)
+    with pytest.raises(AlphamillError, match="limit"):
+        tm.fetch_tasks(limit=2**70)
     deep: dict = {"status": "waiting"}
     for _ in range(10_000):
         deep = {"$and": [deep]}
@@ -89,6 +91,7 @@ def test_prioritize_and_query_refuse_out_of_range_integers(tm):
         ({"timeout": NAN}, "timeout"),
         ({"timeout": INF}, "timeout"),
         ({"timeout": -1}, "timeout"),
+        ({"poll_interval": 1e300}, "poll_interval"),
     ],
 )
 def test_wait_refuses_nan_instead_of_spinning_or_hanging(tm, kwargs, field):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alphamill.errors import IllegalTransition, PoolError
-from alphamill.limits import INT32_MAX, INT32_MIN, json_needs_check, storable_problem
+from alphamill.limits import INT32_MAX, INT32_MIN, MAX_CLAIM, json_needs_check, storable_problem
 from alphamill.redact import redact_url
 from alphamill.task import query as Q
 from alphamill.task.backends.base import NewTask, validate_pool_name
@@ -45,8 +45,8 @@ def check_claim_args(pool: str, from_status: str, lease_seconds: float, limit: i
             f"{', '.join(sorted(CLAIMABLE))}"
         )
     check_lease_seconds(lease_seconds)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise PoolError(f"limit: expected a positive integer, got {limit!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CLAIM:
+        raise PoolError(f"limit: expected an integer between 1 and {MAX_CLAIM}, got {limit!r}")
 
 
 def check_lease_seconds(lease_seconds: float) -> float:
