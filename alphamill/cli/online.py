@@ -31,11 +31,13 @@ ONLINE_KEYS = ("name", "begin_time", "online_newest_only", "lock_wait")
 def _read_config(path: str) -> dict[str, Any]:
     import yaml
 
+    from alphamill.textfile import parse_yaml, read_text
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p} does not exist or is not a file", "CONFIG")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = parse_yaml(read_text(p, "CONFIG"), p, "CONFIG")
     except yaml.YAMLError as e:
         raise ConfigError(f"cannot parse {p}: {e}", "CONFIG") from None
     if not isinstance(raw, dict):

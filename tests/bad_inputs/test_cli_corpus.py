@@ -200,6 +200,8 @@ CASES: list[Case] = [
          {"alphamill.yaml": b"pool_url: 'sqlite:///caf\xe9.db'\n"}),
     Case("config-utf16", ["-t", "{pool}", "task_stat"], ("other.yaml", "utf-16"),
          {"other.yaml": "pool_url: 'sqlite:///x.db'\n".encode("utf-16")}, env={"ALPHAMILL_CONFIG": "{tmp}/other.yaml"}),
+    Case("online-init-not-utf8", ["online", "init", "{tmp}/on.yaml"], ("on.yaml", "not utf-8"),
+         {"on.yaml": b"experiment: caf\xe9\n"}),
     Case("config-nested-100000", ["-t", "{pool}", "task_stat"], ("alphamill.yaml", "nested too deeply"),
          {"alphamill.yaml": "a: " + _deep(100_000) + "\n"}),
     # -- worker --------------------------------------------------------------------------------
