@@ -13,7 +13,6 @@ import time
 import pytest
 
 from alphamill.errors import AlphamillError, ConfigError, QueryError
-from alphamill.limits import max_jobs
 from alphamill.task.manage import TaskManager
 
 NAN, INF = math.nan, math.inf
@@ -69,7 +68,12 @@ def test_prioritize_and_query_refuse_out_of_range_integers(tm):
         tm.prioritize(task["_id"], 2**70)
     with pytest.raises(ConfigError, match="priority"):
         tm.prioritize(task["_id"], -(2**31) - 1)
-    for bad in ({"priority": 10**25}, {"def.n": {"$in": [1, 2**64]}}, {"def.n": NAN}, {"def.n": -INF}):
+    for bad in (
+        {"priority": 10**25},
+        {"def.n": {"$in": [1, 2**64]}},
+        {"def.n": NAN},
+        {"def.n": -INF},
+    ):
         with pytest.raises(QueryError):
             list(tm.query(bad))
         with pytest.raises(QueryError):
@@ -104,7 +108,7 @@ def test_wait_refuses_nan_instead_of_spinning_or_hanging(tm, kwargs, field):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"jobs": max_jobs() + 1}, "jobs"),
+        ({"jobs": 10**6}, "jobs"),
         ({"jobs": 100_000}, "jobs"),
         ({"grace": NAN}, "grace"),
         ({"grace": INF}, "grace"),

@@ -13,9 +13,22 @@ from pathlib import Path
 import pytest
 
 from alphamill.errors import ConfigError
-from alphamill.workflow.recorder import ArtifactNotFound, R, check_artifact_path
+from alphamill.workflow.recorder import ArtifactNotFound, R
 
-TRAVERSALS = ["../x", "../../x", "a/../../x", "/abs/x", "./x", "a//b", "a/", "x\x00y", "a\\..\\b", "..", "", "a\nb"]
+TRAVERSALS = [
+    "../x",
+    "../../x",
+    "a/../../x",
+    "/abs/x",
+    "./x",
+    "a//b",
+    "a/",
+    "x\x00y",
+    "a\\..\\b",
+    "..",
+    "",
+    "a\nb",
+]
 
 
 def _files(root: Path) -> list[str]:
@@ -48,5 +61,7 @@ def test_traversing_names_are_not_read_either(exp_name):
 
 
 def test_ordinary_names_are_kept():
+    from alphamill.workflow.recorder import check_artifact_path
+
     for name in ("pred.pkl", "sig_analysis/ic.parquet", "a.b-c_d/e f.json", "données.json"):
         assert check_artifact_path(name, "name") == name
