@@ -98,6 +98,7 @@ def test_prioritize_and_query_refuse_out_of_range_integers(tm):
         ({"poll_interval": 1e300}, "poll_interval"),
     ],
 )
+@pytest.mark.timeout(60)  # the old code spun (NaN poll) or never returned (NaN timeout)
 def test_wait_refuses_nan_instead_of_spinning_or_hanging(tm, kwargs, field):
     started = time.monotonic()
     with pytest.raises(ConfigError, match=field):
