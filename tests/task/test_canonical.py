@@ -54,14 +54,14 @@ def strict_eq(a, b) -> bool:
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)  # what every store holds
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8)
+    | st.text(st.characters(blacklist_characters='\x00', blacklist_categories=('Cs',)), max_size=8)
 )
 json_values = st.recursive(
     json_scalars,
     lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+        st.lists(children, max_size=4) | st.dictionaries(st.text(st.characters(blacklist_characters='\x00', blacklist_categories=('Cs',)), max_size=6), children, max_size=4)
     ),
     max_leaves=20,
 )

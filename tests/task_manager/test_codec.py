@@ -14,9 +14,9 @@ from alphamill.errors import CanonicalError
 from alphamill.task.codec import Codec, PayloadError, fast_task_hash, plain_canonical
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_characters='\x00', blacklist_categories=('Cs',)), max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(st.characters(blacklist_characters='\x00', blacklist_categories=('Cs',)), max_size=6), children, max_size=4),
     max_leaves=20,
 )
 
