@@ -13,12 +13,14 @@ output of the previous processor, then applied to every row, exactly as Qlib's
 ``(group, name)`` with groups ``"feature"`` and ``"label"``; rows are indexed
 ``(datetime, instrument)`` and sorted by datetime.
 
-:class:`Alpha158` loads Qlib's Alpha158 features and label through the on-disk feature cache, so
-the rolling windows of one experiment and every rerun reuse one computation.
+:class:`Alpha158` (and ``Alpha360`` in :mod:`alphamill.dataset.alpha360`) load Qlib's features
+and label through the on-disk feature cache, so the rolling windows of one experiment and every
+rerun reuse one computation.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -438,13 +440,19 @@ class DataHandlerLP(DataHandler):
         return pd.Timestamp(cal[0]), pd.Timestamp(cal[-1])
 
 
-class Alpha158(DataHandlerLP):
-    """Qlib's ``Alpha158`` handler: 158 price/volume features and the 2-day forward return label.
+class FeatureSetHandler(DataHandlerLP):
+    """A handler whose features are a named feature set read through the on-disk feature
+    cache (Qlib's ``Alpha158`` / ``Alpha360`` family), plus the label.
 
     Accepts Qlib's kwargs. ``label`` is Qlib's ``(exprs, names)`` pair; ``data`` is a data
     source spec (a folder of CSV/Parquet files or a Qlib data directory; ``None`` = the
     configured data, the demo market by default); ``cache_dir`` overrides the feature cache.
+    Subclasses name their ``FEATURE_SET`` and Qlib's default processors.
     """
+
+    FEATURE_SET = "alpha158"
+    DEFAULT_INFER_PROCESSORS: list[dict[str, Any]] = []
+    DEFAULT_LEARN_PROCESSORS: list[dict[str, Any]] = DEFAULT_LEARN_PROCESSORS
 
     def __init__(
         self,
@@ -453,7 +461,7 @@ class Alpha158(DataHandlerLP):
         end_time: Any = None,
         fit_start_time: Any = None,
         fit_end_time: Any = None,
-        infer_processors: Sequence[Any] = (),
+        infer_processors: Sequence[Any] | None = None,
         learn_processors: Sequence[Any] | None = None,
         label: Any = None,
         data: Any = None,
@@ -469,9 +477,9 @@ class Alpha158(DataHandlerLP):
         if kwargs:
             name = sorted(kwargs)[0]
             raise ConfigError(
-                "unknown Alpha158 argument; expected one of instruments, start_time, end_time, "
-                "fit_start_time, fit_end_time, infer_processors, learn_processors, label, data, "
-                "cache_dir, process_type",
+                f"unknown {type(self).__name__} argument; expected one of instruments, "
+                "start_time, end_time, fit_start_time, fit_end_time, infer_processors, "
+                "learn_processors, label, data, cache_dir, process_type",
                 f"{path}.{name}",
             )
         if freq != "day":
@@ -483,8 +491,10 @@ class Alpha158(DataHandlerLP):
                     "instruments file)",
                     f"{path}.{name}",
                 )
+        if infer_processors is None:
+            infer_processors = copy.deepcopy(self.DEFAULT_INFER_PROCESSORS)
         if learn_processors is None:
-            learn_processors = [dict(p) for p in DEFAULT_LEARN_PROCESSORS]
+            learn_processors = copy.deepcopy(self.DEFAULT_LEARN_PROCESSORS)
         super().__init__(
             None,
             start_time=start_time,
@@ -519,6 +529,7 @@ class Alpha158(DataHandlerLP):
             end=None if self.end_time is None else str(self.end_time.date()),
             label=self.label,
             cache_dir=self.cache_dir,
+            features=self.FEATURE_SET,
         )
         return to_two_level(flat, label_names=label_names(self.label))
 
@@ -529,6 +540,16 @@ class Alpha158(DataHandlerLP):
     def fingerprint(self) -> str:
         """The data source's fingerprint (logged with every run)."""
         return str(self.source.fingerprint())
+
+
+class Alpha158(FeatureSetHandler):
+    """Qlib's ``Alpha158`` handler: 158 price/volume features and the 2-day forward return label.
+
+    Default processors as Qlib's: no infer processors; learn ``DropnaLabel`` then
+    ``CSZScoreNorm`` of the label.
+    """
+
+    FEATURE_SET = "alpha158"
 
 
 def label_names(label: Any) -> list[str]:
@@ -569,6 +590,7 @@ __all__ = [
     "Alpha158",
     "DataHandler",
     "DataHandlerLP",
+    "FeatureSetHandler",
     "datetime_slice",
     "fetch_df_by_col",
     "label_names",

@@ -349,7 +349,8 @@ def label_config(label=None, horizon: int | None = None) -> tuple[list[str], lis
     """Normalise a label spec to (expressions, names).
 
     Accepts ``None`` (Qlib's default, or ``horizon`` h: ``Ref($close, -(h+1))/Ref($close,
-    -1) - 1``), one expression string, or Qlib's ``(["expr", ...], ["NAME", ...])`` pair.
+    -1) - 1``), one expression string, a list of expressions (named ``LABEL0``, ``LABEL1``,
+    ...), or Qlib's ``(["expr", ...], ["NAME", ...])`` pair.
     Labels must look into the future only through ``Ref`` of the stored fields.
     """
     if label is None:
@@ -367,6 +368,9 @@ def label_config(label=None, horizon: int | None = None) -> tuple[list[str], lis
         and isinstance(label[1], (list, tuple))
     ):
         exprs, names = [str(e) for e in label[0]], [str(n) for n in label[1]]
+    elif isinstance(label, (list, tuple)) and label and all(isinstance(e, str) for e in label):
+        # Qlib's benchmark configs give the expressions alone (["Ref($close, -2) / ..."])
+        exprs, names = list(label), [f"LABEL{i}" for i in range(len(label))]
     else:
         raise ConfigError(
             'expected a label expression or (["Ref($close, -2)/Ref($close, -1) - 1"], ["LABEL0"]), '

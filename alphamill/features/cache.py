@@ -1,8 +1,8 @@
-"""Alpha158 + label computed once per data set and kept on disk.
+"""A feature set (Alpha158, Alpha360) + label computed once per data set and kept on disk.
 
 Features at a date never depend on the query window (each instrument is evaluated over
 its whole listing span), so the full table is computed once, stored under
-``cache_dir/alpha158/<key>/``, and every later request (another rolling window, a rerun,
+``cache_dir/<feature set>/<key>/``, and every later request (another rolling window, a rerun,
 another worker) only slices it. The key digests the data's fingerprint, the feature and
 label expressions and the feature code itself, so a changed data file or a code change
 gives a new entry instead of stale numbers.
@@ -30,6 +30,7 @@ import pandas as pd
 
 from alphamill.errors import DataError
 from alphamill.features import alpha158 as A
+from alphamill.features.sets import DEFAULT_SET, FEATURE_SETS, feature_config
 from alphamill.locks import file_lock
 
 #: Bump when the stored layout changes.
@@ -46,11 +47,14 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(fingerprint: str, label_exprs: list[str], label_names: list[str]) -> str:
+def cache_key(
+    fingerprint: str, label_exprs: list[str], label_names: list[str], features: str = DEFAULT_SET
+) -> str:
     """Key of one cache entry: data fingerprint + feature/label configuration + code."""
+    exprs, names = feature_config(features)
     payload = {
         "fingerprint": fingerprint,
-        "features": list(zip(A.ALPHA158_NAMES, A.ALPHA158_EXPRESSIONS, strict=True)),
+        "features": list(zip(names, exprs, strict=True)),
         "label": list(zip(label_names, label_exprs, strict=True)),
         "code": code_version(),
     }
@@ -58,17 +62,18 @@ def cache_key(fingerprint: str, label_exprs: list[str], label_names: list[str]) 
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def compute_table(source, label_exprs: list[str], label_names: list[str], alloc: Any = None) -> pd.DataFrame:
+def compute_table(
+    source, label_exprs: list[str], label_names: list[str], alloc: Any = None,
+    features: str = DEFAULT_SET,
+) -> pd.DataFrame:
     """The full feature + label table of a data source (every listed row); ``alloc`` as in
     :func:`alphamill.features.alpha158.evaluate`."""
+    exprs, names = feature_config(features)
     panel = source.load("all")
     if panel.empty:
         raise DataError(f"{source.path}: the data has no rows")
     return A.evaluate(
-        A.to_dense(panel),
-        A.ALPHA158_EXPRESSIONS + list(label_exprs),
-        A.ALPHA158_NAMES + list(label_names),
-        alloc=alloc,
+        A.to_dense(panel), exprs + list(label_exprs), names + list(label_names), alloc=alloc
     )
 
 
@@ -132,30 +137,31 @@ def _read_entry(folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[s
     return values, index, meta["columns"]
 
 
-def _entry_path(src, label, cache_dir) -> tuple[Path, str, list[str], list[str]]:
+def _entry_path(src, label, cache_dir, features: str) -> tuple[Path, str, list[str], list[str]]:
     from alphamill.config import get_setting
 
     exprs, names = A.label_config(label)
-    root = Path(get_setting("cache_dir", cache_dir)).expanduser() / "alpha158"
-    key = cache_key(src.fingerprint(), exprs, names)
+    root = Path(get_setting("cache_dir", cache_dir)).expanduser() / features
+    key = cache_key(src.fingerprint(), exprs, names, features)
     return root, key, exprs, names
 
 
-def cached_entry(source, label=None, cache_dir=None) -> Path | None:
-    """Path of the finished cache entry for ``source`` and ``label``, or None."""
+def cached_entry(source, label=None, cache_dir=None, features: str = DEFAULT_SET) -> Path | None:
+    """Path of the finished cache entry for ``source``, ``label`` and the feature set, or None."""
     from alphamill.data import open_data
 
-    root, key, _, _ = _entry_path(open_data(source), label, cache_dir)
+    root, key, _, _ = _entry_path(open_data(source), label, cache_dir, features)
     entry = root / key
     return entry if (entry / "meta.json").is_file() else None
 
 
-def ensure_cached(source, label=None, cache_dir=None) -> Path:
-    """Path of the cache entry for ``source`` and ``label``, computing it if needed."""
+def ensure_cached(source, label=None, cache_dir=None, features: str = DEFAULT_SET) -> Path:
+    """Path of the cache entry for ``source``, ``label`` and the feature set ``features``
+    (``alpha158`` or ``alpha360``), computing it if needed."""
     from alphamill.data import open_data
 
     src = open_data(source)
-    root, key, exprs, names = _entry_path(src, label, cache_dir)
+    root, key, exprs, names = _entry_path(src, label, cache_dir, features)
     entry = root / key
     if (entry / "meta.json").is_file():
         return entry
@@ -167,7 +173,7 @@ def ensure_cached(source, label=None, cache_dir=None) -> Path:
         try:
             (tmp / "entry").mkdir()
             buffer = _NpyFileBuffer(tmp / "entry" / "values.npy")
-            table = compute_table(src, exprs, names, alloc=buffer)
+            table = compute_table(src, exprs, names, alloc=buffer, features=features)
             buffer.finish()
             _write_entry(table, tmp / "entry", values_written=True)
             del table
@@ -188,20 +194,21 @@ def load_features(
     end: Any = None,
     label: Any = None,
     cache_dir: str | os.PathLike | None = None,
+    features: str = DEFAULT_SET,
 ) -> pd.DataFrame:
-    """Alpha158 (158 columns, Qlib's order) + label column(s), float32, indexed by sorted
-    (datetime, instrument), restricted to ``instruments``' listing ranges within
-    ``[start, end]``.
+    """The feature set's columns (Alpha158's 158 or Alpha360's 360, Qlib's order) + label
+    column(s), float32, indexed by sorted (datetime, instrument), restricted to
+    ``instruments``' listing ranges within ``[start, end]``.
 
     ``source`` is anything :func:`alphamill.data.open_data` accepts; ``label`` is ``None``
     (LABEL0), an expression or Qlib's ``(["expr"], ["NAME"])`` pair. The whole table is
-    computed once per data fingerprint and label and cached under ``cache_dir`` (the
-    ``cache_dir`` setting by default).
+    computed once per data fingerprint, feature set and label and cached under ``cache_dir``
+    (the ``cache_dir`` setting by default).
     """
     from alphamill.data import open_data
 
     src = open_data(source)
-    entry = ensure_cached(src, label=label, cache_dir=cache_dir)
+    entry = ensure_cached(src, label=label, cache_dir=cache_dir, features=features)
     values, index, columns = _read_entry(entry)
     days = pd.DatetimeIndex(index["days"].astype("datetime64[us]"), name="datetime")
     insts = index["instruments"]
@@ -250,13 +257,14 @@ def clear_cache(cache_dir: str | os.PathLike | None = None, older_than_s: float 
     returns how many were removed."""
     from alphamill.config import get_setting
 
-    root = Path(get_setting("cache_dir", cache_dir)).expanduser() / "alpha158"
-    if not root.is_dir():
-        return 0
+    base = Path(get_setting("cache_dir", cache_dir)).expanduser()
     now = time.time()
     removed = 0
-    for p in root.iterdir():
-        if p.is_dir() and now - p.stat().st_mtime >= older_than_s:
-            shutil.rmtree(p, ignore_errors=True)
-            removed += 1
+    for root in (base / name for name in FEATURE_SETS):
+        if not root.is_dir():
+            continue
+        for p in root.iterdir():
+            if p.is_dir() and now - p.stat().st_mtime >= older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
     return removed

@@ -20,8 +20,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from alphamill.errors import AlphamillError, DataError
+from alphamill.features.sets import DEFAULT_SET
 
-#: One cache entry to fill: ``{"data": ..., "label": ..., "cache_dir": ...}`` (None = default).
+#: One cache entry to fill: ``{"data": ..., "label": ..., "cache_dir": ..., "features": ...}``
+#: (None or missing = the default; ``features`` names the feature set, alpha158 by default).
 Spec = Mapping[str, Any]
 
 
@@ -32,7 +34,8 @@ def fill(specs: Sequence[Spec]) -> float:
 
     t0 = time.perf_counter()
     for spec in specs:
-        ensure_cached(open_data(spec.get("data")), label=spec.get("label"), cache_dir=spec.get("cache_dir"))
+        ensure_cached(open_data(spec.get("data")), label=spec.get("label"), cache_dir=spec.get("cache_dir"),
+                      features=spec.get("features") or DEFAULT_SET)
     return time.perf_counter() - t0
 
 
@@ -42,7 +45,8 @@ def missing(specs: Sequence[Spec]) -> list[Spec]:
     from alphamill.features.cache import cached_entry
 
     return [s for s in specs
-            if cached_entry(open_data(s.get("data")), label=s.get("label"), cache_dir=s.get("cache_dir")) is None]
+            if cached_entry(open_data(s.get("data")), label=s.get("label"), cache_dir=s.get("cache_dir"),
+                            features=s.get("features") or DEFAULT_SET) is None]
 
 
 def _stop(signum: int, frame: Any) -> None:

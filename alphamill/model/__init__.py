@@ -15,11 +15,21 @@ from alphamill.model.base import Model, load_model
 
 _LAZY = {
     "LGBModel": "alphamill.model.gbdt",
+    "XGBModel": "alphamill.model.xgboost",
+    "CatBoostModel": "alphamill.model.catboost_model",
     "LinearModel": "alphamill.model.linear",
     "SklearnModel": "alphamill.model.sklearn",
 }
 
-__all__ = ["LGBModel", "LinearModel", "Model", "SklearnModel", "load_model"]
+__all__ = [
+    "CatBoostModel",
+    "LGBModel",
+    "LinearModel",
+    "Model",
+    "SklearnModel",
+    "XGBModel",
+    "load_model",
+]
 
 
 def __getattr__(name: str) -> Any:

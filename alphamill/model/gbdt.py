@@ -16,6 +16,7 @@ import pandas as pd
 from alphamill import threads
 from alphamill.errors import ConfigError
 from alphamill.memory import release_file_pages, release_memory
+from alphamill.model import training_log
 from alphamill.model.base import (
     MODEL_PATH,
     Model,
@@ -79,6 +80,19 @@ def _check_lgb_params(params: dict[str, Any]) -> None:
 def _safe_feature_names(names: list[Any]) -> list[str]:
     """LightGBM refuses some characters in feature names; keep a readable equivalent."""
     return [re.sub(r"[^0-9A-Za-z_]", "_", str(n)) for n in names]
+
+
+class _EvalLogCallback:
+    """LightGBM callback: the evaluation results every ``period`` rounds, to the log."""
+
+    order = 10  # as lightgbm.log_evaluation: before early stopping, which may raise
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def __call__(self, env: Any) -> None:
+        results = [(r[0], r[1], r[2]) for r in env.evaluation_result_list]
+        training_log.log_round(self.period, env.iteration + 1, results)
 
 
 class LGBModel(Model):
@@ -204,12 +218,20 @@ class LGBModel(Model):
         dataset: Any,
         num_boost_round: int | None = None,
         early_stopping_rounds: int | None = None,
-        verbose_eval: int = 0,
+        verbose_eval: int | bool = 20,
         evals_result: dict | None = None,
         reweighter: Any = None,
     ) -> LGBModel:
+        """Train on ``train`` with early stopping on ``valid`` (Qlib's ``LGBModel.fit``).
+
+        Every ``verbose_eval`` rounds the train/valid results are logged (logger
+        ``alphamill.model``, INFO); the curves land in ``evals_result`` (as LightGBM records
+        them) and, inside a running recorder, as the metrics ``l2.train`` / ``l2.valid`` per
+        round.
+        """
         if reweighter is not None:
             raise ConfigError("sample reweighting is not supported", "task.reweighter")
+        period = training_log.check_period(verbose_eval)
         train_df, valid_df = training_frames(dataset)
         self.feature_names = [str(c) for c in train_df["feature"].columns]
         # the feature cache's pages read to build the frames need not stay mapped while
@@ -226,7 +248,9 @@ class LGBModel(Model):
         try:
             dtrain = self._lgb_dataset(train_df, params)
             del train_df
-            valid_sets, valid_names = [], []
+            # the training set is evaluated too (Qlib's ``l2.train`` curve): LightGBM keeps its
+            # scores anyway, and early stopping skips it by its name
+            valid_sets, valid_names = [dtrain], ["train"]
             if valid_df is not None and not valid_df.empty:
                 valid_sets.append(self._lgb_dataset(valid_df, params, reference=dtrain))
                 valid_names.append("valid")
@@ -236,14 +260,14 @@ class LGBModel(Model):
             callbacks: list[Any] = [lgb.record_evaluation(result)]
             if cap is not None:  # this process's share of the cores, re-read every iteration
                 callbacks.append(cap)
-            if valid_sets:
+            if len(valid_sets) > 1:
                 callbacks.append(
                     lgb.early_stopping(
                         early_stopping_rounds or self.early_stopping_rounds, verbose=False
                     )
                 )
-            if verbose_eval:
-                callbacks.append(lgb.log_evaluation(period=verbose_eval))
+            if period:
+                callbacks.append(_EvalLogCallback(period))
             self.model = lgb.train(
                 params,
                 dtrain,
@@ -267,6 +291,8 @@ class LGBModel(Model):
         if evals_result is not None:
             evals_result.update(result)
         self.fitted = True
+        training_log.log_best("LGBModel", self.best_iteration, result)
+        training_log.record_curves(result)
         return self
 
     def predict(self, dataset: Any, segment: str | slice = "test") -> pd.Series:
@@ -283,6 +309,10 @@ class LGBModel(Model):
             self.model.feature_importance(importance_type=importance_type),
             index=self.feature_names or self.model.feature_name(),
         )
+
+    def get_feature_importance(self, importance_type: str = "split") -> pd.Series:
+        """Qlib's name: the importances, largest first."""
+        return self.feature_importance(importance_type).sort_values(ascending=False)
 
     # -- persistence ------------------------------------------------------------------------
     def _library_versions(self) -> dict[str, str]:

@@ -75,6 +75,8 @@ RTYPES = {"sliding": "sliding", "sd": "sliding", "roll_sd": "sliding",
 #: Qlib module paths and their alphamill equivalents (same class names).
 QLIB_MODULES = {
     "qlib.contrib.model.gbdt": "alphamill.model",
+    "qlib.contrib.model.xgboost": "alphamill.model",
+    "qlib.contrib.model.catboost_model": "alphamill.model",
     "qlib.contrib.model.linear": "alphamill.model",
     "qlib.data.dataset": "alphamill.dataset",
     "qlib.data.dataset.handler": "alphamill.dataset",
@@ -413,7 +415,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config", default_name: s
 
 #: Handlers whose features come from the on-disk cache (computed over the whole history), so a
 #: window's handler may load just the window's span without changing any value.
-CACHED_HANDLERS = ("Alpha158",)
+CACHED_HANDLERS = ("Alpha158", "Alpha360")
 
 
 def window_span_mod(task: dict, rolling_gen: Any) -> None:
@@ -539,15 +541,19 @@ def validate_data(tasks: Sequence[dict[str, Any]]) -> None:
 
 
 def feature_specs(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The distinct feature-cache entries (data, label, cache_dir) the tasks' Alpha158
-    handlers read."""
+    """The distinct feature-cache entries (data, label, cache_dir, feature set) the tasks'
+    Alpha158 / Alpha360 handlers read."""
+    from alphamill.features.sets import HANDLER_SETS
+
     specs: dict[str, dict[str, Any]] = {}
     for task in tasks:
         handler = task["dataset"].get("kwargs", {}).get("handler")
-        if not isinstance(handler, dict) or str(handler.get("class", "")).rsplit(".", 1)[-1] != "Alpha158":
+        name = str(handler.get("class", "")).rsplit(".", 1)[-1] if isinstance(handler, dict) else ""
+        if name not in CACHED_HANDLERS:
             continue
         hk = handler.get("kwargs") or {}
-        spec = {"data": hk.get("data"), "label": hk.get("label"), "cache_dir": hk.get("cache_dir")}
+        spec = {"data": hk.get("data"), "label": hk.get("label"), "cache_dir": hk.get("cache_dir"),
+                "features": HANDLER_SETS[name]}
         specs.setdefault(repr(sorted(spec.items())), spec)
     return list(specs.values())
 
@@ -658,7 +664,8 @@ def run_experiment(
         filler.cancel()
         raise
     if filler.running:
-        say("features: Alpha158 computed once into the cache (reused by every window and rerun) ...")
+        sets = ", ".join(sorted({str(spec["features"]).capitalize() for spec in filler.specs}))
+        say(f"features: {sets} computed once into the cache (reused by every window and rerun) ...")
 
     def prepare() -> None:
         if cfg.workers <= 1:

@@ -48,7 +48,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -87,6 +87,8 @@ _TEXT_EXTS = (".txt", ".yaml", ".yml", ".md", ".csv", ".log", ".html", ".py", ".
 _KNOWN_EXTS = (".parquet", ".json", ".npy", ".txt")
 _SERIES_KEY = b"alphamill.series"
 _LOCK_RETRY_SECONDS = 120.0
+#: MLflow's limit of metrics in one log_batch request.
+_MAX_METRICS_PER_BATCH = 1000
 
 
 class TrackingError(AlphamillError):
@@ -504,6 +506,30 @@ class Recorder:
         for i in range(0, len(metrics), 500):
             chunk = metrics[i : i + 500]
             self._call(lambda c=chunk: self._client.log_batch(self.id, metrics=c), "log metrics")
+
+    def log_metric_series(self, series: Mapping[str, Sequence[float]]) -> None:
+        """Log whole curves, ``{name: [value at step 0, 1, ...]}``, in as few requests as
+        MLflow allows (1,000 values each): a training curve is a few thousand values, which
+        one request per step would spread over as many database transactions."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for name, values in series.items():
+            for step, v in enumerate(values):
+                try:
+                    value = float(v)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"metric must be a number, got {v!r}", str(name)) from None
+                metrics.append(Metric(str(name), value, now, step))
+        for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+            chunk = metrics[i : i + _MAX_METRICS_PER_BATCH]
+            self._call(lambda c=chunk: self._client.log_batch(self.id, metrics=c), "log metrics")
+
+    def metric_history(self, name: str) -> list[tuple[int, float]]:
+        """Every ``(step, value)`` logged under ``name``, by step."""
+        hist = self._call(lambda: self._client.get_metric_history(self.id, name), "read metrics")
+        return sorted((int(m.step), float(m.value)) for m in hist)
 
     def set_tags(self, **kwargs: Any) -> None:
         from mlflow.entities import RunTag
@@ -1006,6 +1032,10 @@ class RecorderAPI:
             self.end_exp("FINISHED")
 
     # --- on the active recorder -------------------------------------------------------------
+    def active_recorder(self) -> Recorder | None:
+        """The running recorder of this process, or None (no error, unlike get_recorder)."""
+        return self._active
+
     def log_params(self, **kwargs: Any) -> None:
         self.get_recorder().log_params(**kwargs)
 
