@@ -334,7 +334,8 @@ class CatBoostModel(Model):
         return {**super()._library_versions(), "catboost": catboost.__version__}
 
     def _extra_metadata(self) -> dict[str, Any]:
-        return {"best_iteration": self.best_iteration, "model_file": MODEL_FILE}
+        return {"best_iteration": self.best_iteration, "model_file": MODEL_FILE,
+                "evals_result": self.evals_result}
 
     def _save_payload(self, path: Path) -> None:
         assert self.model is not None
@@ -351,3 +352,4 @@ class CatBoostModel(Model):
             raise ConfigError(f"cannot read CatBoost model: {_message(e)}", str(file)) from None
         self.model = model
         self.best_iteration = meta.get("best_iteration")
+        self.evals_result = meta.get("evals_result") or {}

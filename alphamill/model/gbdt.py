@@ -319,7 +319,8 @@ class LGBModel(Model):
         return {**super()._library_versions(), "lightgbm": lgb.__version__}
 
     def _extra_metadata(self) -> dict[str, Any]:
-        return {"best_iteration": self.best_iteration, "model_file": "model.txt"}
+        return {"best_iteration": self.best_iteration, "model_file": "model.txt",
+                "evals_result": self.evals_result}
 
     def _save_payload(self, path: Path) -> None:
         assert self.model is not None
@@ -334,3 +335,4 @@ class LGBModel(Model):
         except lgb.basic.LightGBMError as e:
             raise ConfigError(f"cannot read LightGBM model: {e}", str(file)) from None
         self.best_iteration = meta.get("best_iteration")
+        self.evals_result = meta.get("evals_result") or {}

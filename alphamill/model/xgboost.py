@@ -282,7 +282,8 @@ class XGBModel(Model):
         return {**super()._library_versions(), "xgboost": xgb.__version__}
 
     def _extra_metadata(self) -> dict[str, Any]:
-        return {"best_iteration": self.best_iteration, "model_file": MODEL_FILE}
+        return {"best_iteration": self.best_iteration, "model_file": MODEL_FILE,
+                "evals_result": self.evals_result}
 
     def _save_payload(self, path: Path) -> None:
         assert self.model is not None
@@ -297,3 +298,4 @@ class XGBModel(Model):
         except xgb.core.XGBoostError as e:
             raise ConfigError(f"cannot read XGBoost model: {_message(e)}", str(file)) from None
         self.best_iteration = meta.get("best_iteration")
+        self.evals_result = meta.get("evals_result") or {}
