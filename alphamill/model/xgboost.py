@@ -161,7 +161,8 @@ class XGBModel(Model):
     def _threads(self) -> int | None:
         for name in _THREAD_PARAMS:
             if name in self.xgb_params:
-                return int(self.xgb_params[name]) or None
+                n = int(self.xgb_params[name])
+                return n if n > 0 else None  # 0 or -1: XGBoost's default, every core
         return threads.current()
 
     def _params(self) -> dict[str, Any]:
