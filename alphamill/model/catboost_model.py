@@ -302,12 +302,8 @@ class CatBoostModel(Model):
         }
         best = model.get_best_iteration()
         self.best_iteration = int(best) + 1 if best is not None else int(model.tree_count_)
-        if evals_result is not None:  # Qlib's shape: the first metric of each set
-            for data, metrics in self.evals_result.items():
-                evals_result[data] = list(next(iter(metrics.values()), []))
         self.fitted = True
-        training_log.log_best("CatBoostModel", self.best_iteration, self.evals_result)
-        training_log.record_curves(self.evals_result)
+        training_log.finish("CatBoostModel", self.best_iteration, self.evals_result, evals_result)
         return self
 
     def predict(self, dataset: Any, segment: str | slice = "test") -> pd.Series:

@@ -72,6 +72,17 @@ def log_best(name: str, best_round: int | None, curves: Curves) -> None:
     logger.info("%s", text)
 
 
+def finish(name: str, best_round: int | None, curves: Curves, evals_result: dict | None) -> None:
+    """After an XGBoost or CatBoost fit: ``evals_result`` gets Qlib's shape for those models
+    (each set's first metric, ``{"train": [...], "valid": [...]}``), the closing line goes to
+    the log and the curves to the active recorder."""
+    if evals_result is not None:
+        for data, metrics in curves.items():
+            evals_result[data] = list(next(iter(metrics.values()), []))
+    log_best(name, best_round, curves)
+    record_curves(curves)
+
+
 def metric_name(metric: str, data: str) -> str:
     """Qlib's MLflow name of one curve: ``{metric}.{set}`` with ``@`` as ``_`` (``ndcg@5``)."""
     return f"{metric}.{data}".replace("@", "_")

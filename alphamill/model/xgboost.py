@@ -244,12 +244,8 @@ class XGBModel(Model):
         else:
             self.best_iteration = int(self.model.num_boosted_rounds())
         self.evals_result = {d: {m: list(v) for m, v in ms.items()} for d, ms in raw.items()}
-        if evals_result is not None:  # Qlib's shape: the first metric of each set
-            for data, metrics in self.evals_result.items():
-                evals_result[data] = list(next(iter(metrics.values()), []))
         self.fitted = True
-        training_log.log_best("XGBModel", self.best_iteration, self.evals_result)
-        training_log.record_curves(self.evals_result)
+        training_log.finish("XGBModel", self.best_iteration, self.evals_result, evals_result)
         return self
 
     def predict(self, dataset: Any, segment: str | slice = "test") -> pd.Series:
