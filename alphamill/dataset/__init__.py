@@ -12,7 +12,6 @@ from alphamill.dataset.handler import (
     Alpha158,
     DataHandler,
     DataHandlerLP,
-    FeatureSetHandler,
 )
 from alphamill.dataset.placeholder import fill_placeholder, get_item_from_obj
 
@@ -24,7 +23,6 @@ __all__ = [
     "DataHandlerLP",
     "Dataset",
     "DatasetH",
-    "FeatureSetHandler",
     "fill_placeholder",
     "get_item_from_obj",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alphamill.dataset.handler import FeatureSetHandler
+from alphamill.dataset.handler import _FeatureSetHandler
 
 #: Qlib's default infer processors of Alpha360. ``ZScoreNorm`` is fitted on the handler's fit
 #: window; with no ``fields_group`` these apply to every column, the label included, as in Qlib.
@@ -15,7 +15,7 @@ ALPHA360_INFER_PROCESSORS: list[dict[str, Any]] = [
 ]
 
 
-class Alpha360(FeatureSetHandler):
+class Alpha360(_FeatureSetHandler):
     """The last 60 days of close/open/high/low/vwap over today's close and of volume over today's
     volume (``CLOSE59`` ... ``VOLUME0``, 360 features) and the 2-day forward return label.
 

@@ -440,7 +440,7 @@ class DataHandlerLP(DataHandler):
         return pd.Timestamp(cal[0]), pd.Timestamp(cal[-1])
 
 
-class FeatureSetHandler(DataHandlerLP):
+class _FeatureSetHandler(DataHandlerLP):
     """A handler whose features are a named feature set read through the on-disk feature
     cache (Qlib's ``Alpha158`` / ``Alpha360`` family), plus the label.
 
@@ -542,7 +542,7 @@ class FeatureSetHandler(DataHandlerLP):
         return str(self.source.fingerprint())
 
 
-class Alpha158(FeatureSetHandler):
+class Alpha158(_FeatureSetHandler):
     """Qlib's ``Alpha158`` handler: 158 price/volume features and the 2-day forward return label.
 
     Default processors as Qlib's: no infer processors; learn ``DropnaLabel`` then
@@ -590,7 +590,6 @@ __all__ = [
     "Alpha158",
     "DataHandler",
     "DataHandlerLP",
-    "FeatureSetHandler",
     "datetime_slice",
     "fetch_df_by_col",
     "label_names",

@@ -32,11 +32,17 @@ EXPECTED = {
     "model": {
         "alphamill.model.base.Model",
         "alphamill.model.gbdt.LGBModel",
+        "alphamill.model.xgboost.XGBModel",
+        "alphamill.model.catboost_model.CatBoostModel",
         "alphamill.model.linear.LinearModel",
         "alphamill.model.sklearn.SklearnModel",
     },
     "dataset": {"alphamill.dataset.dataset.Dataset", "alphamill.dataset.dataset.DatasetH"},
-    "handler": {"alphamill.dataset.handler.DataHandlerLP", "alphamill.dataset.handler.Alpha158"},
+    "handler": {
+        "alphamill.dataset.handler.DataHandlerLP",
+        "alphamill.dataset.handler.Alpha158",
+        "alphamill.dataset.alpha360.Alpha360",
+    },
     "processor": {
         f"alphamill.features.processors.{name}"
         for name in (
